@@ -1,0 +1,15 @@
+//! Switchyard's wire contract, in Rust: every subject, stream, bucket and
+//! message shape of `docs/CONTRACT.md`, and nothing else. No I/O, so it is
+//! cheap to depend on and fast to test.
+//!
+//! Services and tests use these constants; a subject string written anywhere
+//! else is a bug.
+
+pub mod error;
+pub mod math;
+pub mod micro;
+pub mod names;
+pub mod schema;
+pub mod subjects;
+
+pub use error::{ErrorBody, ErrorCode, ErrorDetail, ServiceError};

@@ -1,0 +1,170 @@
+//! The NATS micro discovery protocol (ADR-32): the replies to `$SRV.PING`,
+//! `$SRV.INFO` and `$SRV.STATS`, exactly as `nats micro ls|info|stats` reads
+//! them. Decoding is lenient (missing fields default) so replies from other
+//! implementations, such as async-nats's own, which omits `metadata` in
+//! STATS, still decode.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const PING_RESPONSE_TYPE: &str = "io.nats.micro.v1.ping_response";
+pub const INFO_RESPONSE_TYPE: &str = "io.nats.micro.v1.info_response";
+pub const STATS_RESPONSE_TYPE: &str = "io.nats.micro.v1.stats_response";
+
+/// The three discovery verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Ping,
+    Info,
+    Stats,
+}
+
+impl Verb {
+    pub const ALL: [Verb; 3] = [Verb::Ping, Verb::Info, Verb::Stats];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Verb::Ping => "PING",
+            Verb::Info => "INFO",
+            Verb::Stats => "STATS",
+        }
+    }
+
+    /// `$SRV.<VERB>`, `$SRV.<VERB>.<name>` and `$SRV.<VERB>.<name>.<id>`.
+    pub fn subjects(self, name: &str, id: &str) -> [String; 3] {
+        let verb = self.as_str();
+        [
+            format!("$SRV.{verb}"),
+            format!("$SRV.{verb}.{name}"),
+            format!("$SRV.{verb}.{name}.{id}"),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PingResponse {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub id: String,
+    pub version: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct InfoResponse {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub id: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EndpointInfo {
+    pub name: String,
+    pub subject: String,
+    #[serde(default)]
+    pub queue_group: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StatsResponse {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub id: String,
+    pub version: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub metadata: BTreeMap<String, String>,
+    /// RFC 3339 time the instance started.
+    #[serde(default)]
+    pub started: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub endpoints: Vec<EndpointStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EndpointStats {
+    pub name: String,
+    pub subject: String,
+    #[serde(default)]
+    pub queue_group: String,
+    #[serde(default)]
+    pub num_requests: u64,
+    #[serde(default)]
+    pub num_errors: u64,
+    /// Total processing time, nanoseconds.
+    #[serde(default)]
+    pub processing_time: u64,
+    /// Average processing time, nanoseconds.
+    #[serde(default)]
+    pub average_processing_time: u64,
+    /// `"<code>:<message>"` of the last error, or empty.
+    #[serde(default)]
+    pub last_error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn verb_subjects() {
+        assert_eq!(
+            Verb::Ping.subjects("math", "ID1"),
+            [
+                "$SRV.PING".to_owned(),
+                "$SRV.PING.math".to_owned(),
+                "$SRV.PING.math.ID1".to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn decodes_an_async_nats_stats_reply_without_metadata() {
+        // Shape of async-nats 0.51's reply: no metadata, nanosecond durations.
+        let raw = json!({
+            "type": STATS_RESPONSE_TYPE, "name": "math", "id": "X", "version": "0.1.0",
+            "started": "2026-11-23T10:00:00Z",
+            "endpoints": [{"name": "add", "subject": "services.math.add", "queue_group": "q",
+                "num_requests": 3, "num_errors": 1, "processing_time": 1200,
+                "average_processing_time": 400, "last_error": "422:overflow"}]
+        });
+        let stats: StatsResponse = serde_json::from_value(raw).unwrap();
+        assert!(stats.metadata.is_empty());
+        assert_eq!(stats.endpoints[0].num_errors, 1);
+    }
+
+    #[test]
+    fn ping_round_trip_and_null_metadata() {
+        let ping: PingResponse = serde_json::from_value(json!({
+            "type": PING_RESPONSE_TYPE, "name": "math", "id": "X", "version": "1.0.0", "metadata": null
+        }))
+        .unwrap();
+        let back: PingResponse =
+            serde_json::from_slice(&serde_json::to_vec(&ping).unwrap()).unwrap();
+        assert_eq!(back, ping);
+    }
+}

@@ -1,0 +1,112 @@
+//! Names of micro services, queue groups, JetStream streams, consumers, KV
+//! buckets and keys.
+
+/// Micro service names, as `$SRV.PING` reports them.
+pub mod services {
+    pub const MATH: &str = "math";
+    pub const EMAIL_NOTIFIER: &str = "email-notifier";
+    pub const PAYMENT_PROCESSOR: &str = "payment-processor";
+    pub const LOG_WORKER: &str = "log-worker";
+    pub const STOCK_TICKER: &str = "stock-ticker";
+    pub const REGISTRY: &str = "registry";
+
+    /// All six, in the order `switchyard up` starts them.
+    pub const ALL: [&str; 6] = [
+        REGISTRY,
+        MATH,
+        EMAIL_NOTIFIER,
+        PAYMENT_PROCESSOR,
+        LOG_WORKER,
+        STOCK_TICKER,
+    ];
+
+    /// The binary (and Cargo package) that runs a service.
+    pub fn binary(service: &str) -> Option<&'static str> {
+        Some(match service {
+            MATH => "math-service",
+            EMAIL_NOTIFIER => "email-notifier",
+            PAYMENT_PROCESSOR => "payment-processor",
+            LOG_WORKER => "log-worker",
+            STOCK_TICKER => "stock-ticker",
+            REGISTRY => "registry",
+            _ => return None,
+        })
+    }
+}
+
+/// Queue groups.
+pub mod queue_groups {
+    /// The NATS micro protocol's default queue group, which `math` uses.
+    pub const MICRO_DEFAULT: &str = "q";
+    pub const EMAIL_NOTIFIER: &str = "email-notifier";
+}
+
+/// JetStream streams.
+pub mod streams {
+    pub const PAYMENTS: &str = "PAYMENTS";
+    pub const PAYMENTS_DLQ: &str = "PAYMENTS_DLQ";
+    pub const EVENTS: &str = "EVENTS";
+    pub const LOGS: &str = "LOGS";
+    pub const STOCKS: &str = "STOCKS";
+    /// Durable (and scheduled) outgoing email.
+    pub const EMAILS: &str = "EMAILS";
+}
+
+/// Durable JetStream consumers.
+pub mod consumers {
+    pub const PAYMENT_PROCESSOR: &str = "payment-processor";
+    pub const LOG_WORKERS: &str = "log-workers";
+    pub const EMAIL_RECEIPTS: &str = "email-receipts";
+}
+
+/// JetStream key-value buckets.
+pub mod buckets {
+    /// Site-wide flags such as [`keys::SITE_MAINTENANCE`](super::keys::SITE_MAINTENANCE).
+    pub const CONFIG: &str = "config";
+    pub const PAYMENTS: &str = "payments";
+    pub const REGISTRY: &str = "registry";
+}
+
+/// Well-known KV keys.
+pub mod keys {
+    /// In bucket `config`: the raw bytes `true` or `false`.
+    pub const SITE_MAINTENANCE: &str = "site_maintenance";
+}
+
+/// NATS headers the contract uses.
+pub mod headers {
+    pub const SERVICE_ERROR: &str = "Nats-Service-Error";
+    pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    pub const TRACEPARENT: &str = "traceparent";
+}
+
+/// Parses the maintenance flag's raw value: `true` (any case, surrounding
+/// white space ignored) means on; anything else, including an empty or
+/// deleted key, means off.
+pub fn maintenance_flag(value: &[u8]) -> bool {
+    std::str::from_utf8(value).is_ok_and(|s| s.trim().eq_ignore_ascii_case("true"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_service_has_a_binary() {
+        for name in services::ALL {
+            assert!(services::binary(name).is_some(), "{name}");
+        }
+        assert_eq!(services::binary("nope"), None);
+    }
+
+    #[test]
+    fn maintenance_flag_is_strict_about_true() {
+        assert!(maintenance_flag(b"true"));
+        assert!(maintenance_flag(b" TRUE\n"));
+        assert!(!maintenance_flag(b"false"));
+        assert!(!maintenance_flag(b""));
+        assert!(!maintenance_flag(b"\"true\""));
+        assert!(!maintenance_flag(&[0xff, 0xfe]));
+    }
+}

@@ -1,0 +1,26 @@
+//! RFC 3339 UTC times with a `Z` suffix, as the contract writes them.
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+pub fn now_rfc3339() -> String {
+    format_rfc3339(OffsetDateTime::now_utc())
+}
+
+pub fn format_rfc3339(at: OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_with_z() {
+        let s = super::now_rfc3339();
+        assert!(s.ends_with('Z'), "{s}");
+        assert!(
+            time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).is_ok()
+        );
+    }
+}

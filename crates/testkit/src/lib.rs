@@ -1,0 +1,36 @@
+//! Real nats-server clusters, for tests and for `switchyard up`.
+//!
+//! - [`Cluster::start`] runs N nodes on free loopback ports with JetStream in
+//!   temp dirs and returns once an R3 stream can be placed (a meta leader and
+//!   every peer are there).
+//! - [`Cluster::kill_node`] / [`Cluster::restart_node`] for failure tests; the
+//!   store survives a restart.
+//! - Every process is stopped by PID on drop (also when a test panics), and
+//!   is spawned with `PR_SET_PDEATHSIG` from a thread that lives as long as
+//!   the process, so it dies with us even on abort or SIGKILL.
+//! - [`shared`] is one cluster per test binary for tests that do not break it.
+
+mod cluster;
+mod process;
+
+pub use cluster::{Cluster, ClusterOptions, nats_server_bin, node_urls};
+pub use process::spawn_tied;
+
+use tokio::sync::OnceCell;
+
+static SHARED: OnceCell<Cluster> = OnceCell::const_new();
+
+/// One 3-node cluster for the whole test binary, started on first use and
+/// killed when the process exits. Tests that kill nodes or flip site-wide
+/// flags must start their own [`Cluster`] instead.
+#[allow(clippy::panic, reason = "a test cannot go on without its cluster")]
+pub async fn shared() -> &'static Cluster {
+    SHARED
+        .get_or_init(|| async {
+            match Cluster::start(3).await {
+                Ok(cluster) => cluster,
+                Err(err) => panic!("cannot start the shared test cluster: {err:#}"),
+            }
+        })
+        .await
+}
