@@ -1,1 +1,185 @@
+//! The `switchyard` command. Each subcommand lives in its own module.
 
+mod math;
+mod schemas;
+mod status;
+mod up;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use runtime::Settings;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Switchyard: NATS microservices in Rust"
+)]
+pub struct Cli {
+    /// NATS servers for client commands (comma-separated). Default:
+    /// `nats.urls` from settings (`SWITCHYARD__NATS__URLS`), else nats://127.0.0.1:4222.
+    #[arg(long, global = true, value_delimiter = ',', env = "SWITCHYARD_SERVERS")]
+    servers: Vec<String>,
+
+    /// How long to wait for a reply.
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole system locally: 3 NATS nodes and every service binary.
+    Up(up::UpArgs),
+    /// Run only the local 3-node NATS cluster (for `cargo run -p <service>`).
+    Nats(up::NatsArgs),
+    /// Call the math service: `switchyard math add 2 3`.
+    Math(math::MathArgs),
+    /// List the running services from `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS`.
+    Status(status::StatusArgs),
+    /// Turn site-wide maintenance mode on or off, or show it.
+    Maintenance {
+        #[arg(value_enum)]
+        state: Option<MaintenanceState>,
+    },
+    /// Write the JSON Schemas of the message types (or check them).
+    Schemas(schemas::SchemasArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum MaintenanceState {
+    On,
+    Off,
+}
+
+/// Runs a parsed command line; errors are printed, not returned.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Up(args) => up::up(args).await,
+        Command::Nats(args) => up::nats_only(args).await,
+        Command::Math(args) => math::run(&cli.servers, cli.timeout, args).await,
+        Command::Status(args) => status::run(&cli.servers, cli.timeout, args).await,
+        Command::Maintenance { state } => maintenance(&cli.servers, state).await,
+        Command::Schemas(args) => schemas::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 1m"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Settings for a client command, `--servers` winning over the layers.
+fn client_settings(servers: &[String]) -> anyhow::Result<Settings> {
+    let overrides = if servers.is_empty() {
+        vec![]
+    } else {
+        vec![(
+            "nats.urls",
+            runtime::settings::Value::from(servers.to_vec()),
+        )]
+    };
+    Settings::load_with(overrides)
+}
+
+/// Connects for a one-shot command, failing fast with a hint.
+async fn connect(servers: &[String]) -> anyhow::Result<(Settings, async_nats::Client)> {
+    let settings = client_settings(servers)?;
+    let token = runtime::CancellationToken::new();
+    let connecting = runtime::nats::connect(&settings.nats, "switchyard-cli", &token);
+    match tokio::time::timeout(Duration::from_secs(3), connecting).await {
+        Ok(Ok(Some(conn))) => Ok((settings, conn.client)),
+        Ok(Err(err)) => Err(err),
+        Ok(Ok(None)) | Err(_) => anyhow::bail!(
+            "cannot reach NATS at {}: is `just up` running? (or pass --servers)",
+            settings.nats.urls.join(", ")
+        ),
+    }
+}
+
+async fn maintenance(servers: &[String], state: Option<MaintenanceState>) -> anyhow::Result<()> {
+    let (settings, client) = connect(servers).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let replicas = runtime::nats::effective_replicas(&client, settings.jetstream.replicas);
+    if let Some(state) = state {
+        runtime::maintenance::set(&js, replicas, matches!(state, MaintenanceState::On)).await?;
+    }
+    let store = runtime::maintenance::config_bucket(&js, replicas).await?;
+    let on = store
+        .get(protocol::names::keys::SITE_MAINTENANCE)
+        .await
+        .context("reading the maintenance flag")?
+        .is_some_and(|v| protocol::names::maintenance_flag(&v));
+    say(format_args!(
+        "maintenance: {}",
+        if on { "on" } else { "off" }
+    ));
+    Ok(())
+}
+
+/// Prints one line to stdout (the CLI's output, as opposed to its logs).
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        Cli::command_for_test();
+        let cli = Cli::try_parse_from([
+            "switchyard",
+            "math",
+            "add",
+            "-2",
+            "3",
+            "--servers",
+            "nats://a:1,nats://b:2",
+        ])
+        .unwrap();
+        assert_eq!(cli.servers, ["nats://a:1", "nats://b:2"]);
+    }
+
+    impl Cli {
+        fn command_for_test() {
+            <Cli as clap::CommandFactory>::command().debug_assert();
+        }
+    }
+}

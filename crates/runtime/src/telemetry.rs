@@ -1,7 +1,9 @@
 //! One place builds the tracing subscriber: pretty on a terminal, one JSON
 //! object per line when `log.format = "json"` (containers, log shippers).
+//! Logs go to stderr, so a command's stdout stays its output.
 
 use crate::settings::{LogFormat, LogSettings};
+use std::io::IsTerminal as _;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Installs the global subscriber. `RUST_LOG`, when set, beats `log.level`.
@@ -10,26 +12,22 @@ pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|err| {
-            // Not fatal: fall back to `info` and say why, once the subscriber exists.
+            // Not fatal: fall back to `info` and say why.
             eprintln!(
                 "invalid log.level {:?} ({err}); using \"info\"",
                 settings.level
             );
             EnvFilter::new("info")
         });
+    // Colour only on a terminal, and never when NO_COLOR is set.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let layer = fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let registry = tracing_subscriber::registry().with(filter);
     let result = match settings.format {
-        LogFormat::Pretty => registry.with(fmt::layer().with_target(false)).try_init(),
-        LogFormat::Compact => registry
-            .with(fmt::layer().compact().with_target(false))
-            .try_init(),
+        LogFormat::Pretty => registry.with(layer.with_target(false)).try_init(),
+        LogFormat::Compact => registry.with(layer.compact().with_target(false)).try_init(),
         LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false),
-            )
+            .with(layer.json().flatten_event(true).with_current_span(false))
             .try_init(),
     };
     // Err only means a subscriber is already installed.

@@ -3,6 +3,13 @@
 //! nodes, flip the site-wide maintenance flag or SIGTERM a process start
 //! their own.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::future::join_all;

