@@ -347,6 +347,38 @@ async fn discovery_follows_the_micro_protocol() {
             .is_some_and(|s| s.ends_with('Z'))
     );
     let typed: StatsResponse = serde_json::from_value(stats[0].clone()).unwrap();
+
+    // The official Rust micro types read our replies too (what `nats micro`
+    // tooling expects): ping, info and stats, with RFC 3339 `started`.
+    let official: Vec<async_nats::service::Info> = discover(
+        &client,
+        Verb::Info,
+        Some(&format!("math.{id}")),
+        Duration::from_millis(300),
+    )
+    .await
+    .unwrap();
+    assert_eq!(official.len(), 1);
+    assert_eq!(official[0].endpoints.len(), 8);
+    let official: Vec<async_nats::service::PingResponse> = discover(
+        &client,
+        Verb::Ping,
+        Some(&format!("math.{id}")),
+        Duration::from_millis(300),
+    )
+    .await
+    .unwrap();
+    assert_eq!(official.len(), 1);
+    let official: Vec<async_nats::service::Stats> = discover(
+        &client,
+        Verb::Stats,
+        Some(&format!("math.{id}")),
+        Duration::from_millis(300),
+    )
+    .await
+    .unwrap();
+    assert_eq!(official.len(), 1);
+    assert_eq!(official[0].endpoints.len(), 8);
     let total: u64 = typed.endpoints.iter().map(|e| e.num_requests).sum();
     let errors: u64 = typed.endpoints.iter().map(|e| e.num_errors).sum();
     // Other tests' requests may land on this instance too (same queue group).
