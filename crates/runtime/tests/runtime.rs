@@ -1,0 +1,177 @@
+//! The runtime against real servers: auth wiring, the single-server replica
+//! fallback, maintenance on a lone server, and shutdown before connecting.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
+use runtime::settings::{NatsSettings, Value};
+use runtime::{App, CancellationToken, Settings};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// A lone nats-server started with extra command-line flags.
+struct Server {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Server {
+    fn start(flags: &[&str]) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut command = Command::new(testkit::nats_server_bin().unwrap());
+        command
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = testkit::spawn_tied(command).unwrap();
+        let url = format!("nats://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Server { child, url };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("nats-server did not listen on {port}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects with `settings`, giving up after 2 s; true if connected.
+async fn connects(settings: NatsSettings) -> bool {
+    let stop = CancellationToken::new();
+    let attempt = runtime::nats::connect(&settings, "auth-test", &stop);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        Ok(Ok(Some(_)))
+    )
+}
+
+#[tokio::test]
+async fn user_password_and_token_come_from_settings() {
+    let server = Server::start(&["--user", "svc", "--pass", "s3cret"]);
+    let base = NatsSettings {
+        urls: vec![server.url.clone()],
+        ..Default::default()
+    };
+    assert!(
+        connects(NatsSettings {
+            user: Some("svc".into()),
+            password: Some("s3cret".into()),
+            ..base.clone()
+        })
+        .await
+    );
+    assert!(
+        !connects(NatsSettings {
+            user: Some("svc".into()),
+            password: Some("wrong".into()),
+            ..base.clone()
+        })
+        .await
+    );
+    assert!(!connects(base).await, "anonymous is refused");
+
+    let server = Server::start(&["--auth", "t0ken"]);
+    let base = NatsSettings {
+        urls: vec![server.url.clone()],
+        ..Default::default()
+    };
+    assert!(
+        connects(NatsSettings {
+            token: Some("t0ken".into()),
+            ..base.clone()
+        })
+        .await
+    );
+    assert!(!connects(base).await);
+}
+
+#[tokio::test]
+async fn half_configured_auth_is_a_clear_error() {
+    let settings = NatsSettings {
+        user: Some("svc".into()),
+        ..Default::default()
+    };
+    let err = runtime::nats::options(&settings, "x").await.unwrap_err();
+    assert!(
+        err.to_string().contains("nats.user and nats.password"),
+        "{err}"
+    );
+    let settings = NatsSettings {
+        creds_file: Some("/nonexistent.creds".into()),
+        ..Default::default()
+    };
+    let err = runtime::nats::options(&settings, "x").await.unwrap_err();
+    assert!(format!("{err:#}").contains("/nonexistent.creds"), "{err:#}");
+}
+
+#[tokio::test]
+async fn a_lone_server_gets_one_replica_and_maintenance_still_works() {
+    let lone = testkit::Cluster::start(1).await.unwrap();
+    let settings = Settings::load_with([("nats.urls", Value::from(lone.urls()))]).unwrap();
+    assert_eq!(settings.jetstream.replicas, 3);
+    let app = App::start("lone", settings, CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(app.replicas(), 1);
+
+    let mut flag = app.maintenance();
+    runtime::maintenance::set(&app.jetstream, app.replicas(), true)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), flag.wait_for(|on| *on))
+        .await
+        .expect("flag seen")
+        .unwrap();
+    let bucket = app.jetstream.get_key_value("config").await.unwrap();
+    let info = bucket.status().await.unwrap();
+    assert_eq!(info.info.config.num_replicas, 1);
+
+    let clustered = testkit::shared().await;
+    let settings = Settings::load_with([("nats.urls", Value::from(clustered.urls()))]).unwrap();
+    let app = App::start("clustered", settings, CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(app.replicas(), 3);
+}
+
+#[tokio::test]
+async fn shutdown_while_waiting_for_nats_is_a_clean_exit() {
+    // Nothing listens on this port.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let settings = Settings::load_with([(
+        "nats.urls",
+        Value::from(vec![format!("nats://127.0.0.1:{port}")]),
+    )])
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let cancel = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel.cancel();
+    });
+    let app = App::start("nobody", settings, shutdown).await.unwrap();
+    assert!(app.is_none());
+}
