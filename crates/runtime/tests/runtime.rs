@@ -33,11 +33,13 @@ impl Server {
             .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let child = testkit::spawn_tied(command).unwrap();
-        let url = format!("nats://127.0.0.1:{port}");
+        let server = Server {
+            child: testkit::spawn_tied(command).unwrap(),
+            url: format!("nats://127.0.0.1:{port}"),
+        };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Server { child, url };
+                return server;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
