@@ -293,6 +293,24 @@ async fn random_bytes_never_break_the_service() {
     math.stop().await;
 }
 
+/// The one reply of math instance `id` to `$SRV.<verb>.math.<id>`.
+async fn one<T: serde::de::DeserializeOwned>(
+    client: &async_nats::Client,
+    verb: Verb,
+    id: &str,
+) -> T {
+    let mut replies: Vec<T> = discover(
+        client,
+        verb,
+        Some(&format!("math.{id}")),
+        Duration::from_millis(300),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replies.len(), 1, "{verb:?} replies from {id}");
+    replies.remove(0)
+}
+
 #[tokio::test]
 async fn discovery_follows_the_micro_protocol() {
     let cluster = testkit::shared().await;
@@ -304,85 +322,52 @@ async fn discovery_follows_the_micro_protocol() {
     assert_eq!(ping[0].version, math_service::VERSION);
     let id = ping[0].id.clone();
 
-    // Requests and an error, then the instance's own STATS.
-    for _ in 0..3 {
+    // Requests and errors until this instance's STATS has counted both
+    // (other tests' instances share the queue group, so some land there).
+    let mut counted = false;
+    for _ in 0..100 {
         let _ = raw(&client, "services.math.add", r#"{"a":1,"b":2}"#).await;
+        let _ = raw(&client, "services.math.divide", r#"{"a":1,"b":0}"#).await;
+        let stats: StatsResponse = one(&client, Verb::Stats, &id).await;
+        let add = stats.endpoints.iter().find(|e| e.name == "add").unwrap();
+        let divide = stats.endpoints.iter().find(|e| e.name == "divide").unwrap();
+        if add.num_requests >= 1 && divide.num_errors >= 1 {
+            // Other tests send good and bad requests to these endpoints too,
+            // so only the relations between the counters hold exactly.
+            assert!(divide.num_errors <= divide.num_requests, "{divide:?}");
+            let status = divide.last_error.split(':').next().unwrap_or_default();
+            assert!(["400", "413", "422", "503"].contains(&status), "{divide:?}");
+            assert!(
+                add.average_processing_time > 0
+                    && add.processing_time >= add.average_processing_time
+            );
+            counted = true;
+            break;
+        }
     }
-    let _ = raw(&client, "services.math.divide", r#"{"a":1,"b":0}"#).await;
+    assert!(counted, "STATS never counted this instance's requests");
 
-    let info: Vec<InfoResponse> = discover(
-        &client,
-        Verb::Info,
-        Some(&format!("math.{id}")),
-        Duration::from_millis(300),
-    )
-    .await
-    .unwrap();
-    assert_eq!(info.len(), 1);
-    assert_eq!(info[0].kind, "io.nats.micro.v1.info_response");
-    let mut subjects_seen: Vec<&str> = info[0]
-        .endpoints
-        .iter()
-        .map(|e| e.subject.as_str())
-        .collect();
+    let info: InfoResponse = one(&client, Verb::Info, &id).await;
+    assert_eq!(info.kind, "io.nats.micro.v1.info_response");
+    let mut subjects_seen: Vec<&str> = info.endpoints.iter().map(|e| e.subject.as_str()).collect();
     subjects_seen.sort_unstable();
     assert_eq!(subjects_seen.len(), 8);
     assert!(subjects_seen.contains(&"services.math.calculate"));
-    assert!(info[0].endpoints.iter().all(|e| e.queue_group == "q"));
+    assert!(info.endpoints.iter().all(|e| e.queue_group == "q"));
 
     // STATS as plain JSON, the way other languages read it.
-    let stats: Vec<Json> = discover(
-        &client,
-        Verb::Stats,
-        Some(&format!("math.{id}")),
-        Duration::from_millis(300),
-    )
-    .await
-    .unwrap();
-    assert_eq!(stats.len(), 1);
-    assert_eq!(stats[0]["type"], "io.nats.micro.v1.stats_response");
-    assert!(
-        stats[0]["started"]
-            .as_str()
-            .is_some_and(|s| s.ends_with('Z'))
-    );
-    let typed: StatsResponse = serde_json::from_value(stats[0].clone()).unwrap();
+    let stats: Json = one(&client, Verb::Stats, &id).await;
+    assert_eq!(stats["type"], "io.nats.micro.v1.stats_response");
+    assert!(stats["started"].as_str().is_some_and(|s| s.ends_with('Z')));
+    let _: StatsResponse = serde_json::from_value(stats).unwrap();
 
     // The official Rust micro types read our replies too (what `nats micro`
     // tooling expects): ping, info and stats, with RFC 3339 `started`.
-    let official: Vec<async_nats::service::Info> = discover(
-        &client,
-        Verb::Info,
-        Some(&format!("math.{id}")),
-        Duration::from_millis(300),
-    )
-    .await
-    .unwrap();
-    assert_eq!(official.len(), 1);
-    assert_eq!(official[0].endpoints.len(), 8);
-    let official: Vec<async_nats::service::PingResponse> = discover(
-        &client,
-        Verb::Ping,
-        Some(&format!("math.{id}")),
-        Duration::from_millis(300),
-    )
-    .await
-    .unwrap();
-    assert_eq!(official.len(), 1);
-    let official: Vec<async_nats::service::Stats> = discover(
-        &client,
-        Verb::Stats,
-        Some(&format!("math.{id}")),
-        Duration::from_millis(300),
-    )
-    .await
-    .unwrap();
-    assert_eq!(official.len(), 1);
-    assert_eq!(official[0].endpoints.len(), 8);
-    let total: u64 = typed.endpoints.iter().map(|e| e.num_requests).sum();
-    let errors: u64 = typed.endpoints.iter().map(|e| e.num_errors).sum();
-    // Other tests' requests may land on this instance too (same queue group).
-    assert!(total >= 1 && errors <= total, "{typed:?}");
+    let _: async_nats::service::PingResponse = one(&client, Verb::Ping, &id).await;
+    let official: async_nats::service::Info = one(&client, Verb::Info, &id).await;
+    assert_eq!(official.endpoints.len(), 8);
+    let official: async_nats::service::Stats = one(&client, Verb::Stats, &id).await;
+    assert_eq!(official.endpoints.len(), 8);
     math.stop().await;
 }
 
