@@ -9,6 +9,7 @@ pub mod error;
 pub mod math;
 pub mod micro;
 pub mod names;
+pub mod payment;
 pub mod schema;
 pub mod subjects;
 

@@ -7,6 +7,7 @@
 //! hands over to [`App::serve`].
 
 pub mod client;
+pub mod js;
 pub mod maintenance;
 pub mod micro;
 pub mod nats;
@@ -73,8 +74,13 @@ impl App {
         let jetstream = jetstream::new(connection.client.clone());
         let replicas = nats::effective_replicas(&connection.client, settings.jetstream.replicas);
         let background = CancellationToken::new();
-        let (maintenance, _task) =
-            maintenance::watch(jetstream.clone(), replicas, background.clone());
+        let (maintenance, _task) = maintenance::watch(
+            connection.client.clone(),
+            jetstream.clone(),
+            replicas,
+            connection.reconnects(),
+            background.clone(),
+        );
         Ok(Some(App {
             name: name.to_owned(),
             settings,

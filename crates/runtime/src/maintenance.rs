@@ -1,107 +1,167 @@
-//! Maintenance mode: every service watches KV `config` / `site_maintenance`
-//! (a push watch, re-established after any error or reconnect) and exposes
-//! the flag as a `watch::Receiver<bool>`.
+//! Maintenance mode: every service follows KV `config` / `site_maintenance`
+//! and exposes the flag as a `watch::Receiver<bool>`.
+//!
+//! How: a core NATS subscription on the key's own subject
+//! (`$KV.config.site_maintenance`), where every put and delete of the key is
+//! published. It is pushed, needs no JetStream consumer (so nothing has to
+//! be re-placed when a node dies), and the client re-subscribes by itself
+//! after a reconnect. The current value is read from the bucket at start
+//! and after every reconnect, to catch changes made while we were away; a
+//! read is dropped if a pushed change arrived while it was in flight (the
+//! push is at least as new).
 
-use anyhow::Context as _;
+use async_nats::Client;
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt as _;
 use protocol::names::{buckets, keys, maintenance_flag};
+use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// The subject a KV put or delete of the flag is published on.
+pub fn flag_subject() -> String {
+    format!("$KV.{}.{}", buckets::CONFIG, keys::SITE_MAINTENANCE)
+}
+
 /// Opens bucket `config`, creating it (with `replicas`) when missing.
 pub async fn config_bucket(js: &jetstream::Context, replicas: usize) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(buckets::CONFIG).await {
-        return Ok(store);
-    }
-    let created = js
-        .create_key_value(kv::Config {
+    crate::js::ensure_kv(
+        js,
+        kv::Config {
             bucket: buckets::CONFIG.to_owned(),
             description: "Switchyard site-wide flags (site_maintenance)".to_owned(),
             history: 5,
             num_replicas: replicas,
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
-        })
-        .await;
-    match created {
-        Ok(store) => Ok(store),
-        // Another service created it first, or with other settings: use it.
-        Err(err) => js
-            .get_key_value(buckets::CONFIG)
-            .await
-            .with_context(|| format!("creating KV bucket {:?}: {err}", buckets::CONFIG)),
-    }
+        },
+    )
+    .await
 }
 
 /// Turns maintenance mode on or off for the whole site.
 pub async fn set(js: &jetstream::Context, replicas: usize, on: bool) -> anyhow::Result<()> {
     let store = config_bucket(js, replicas).await?;
     let value = if on { "true" } else { "false" };
-    store
-        .put(keys::SITE_MAINTENANCE, value.into())
-        .await
-        .context("writing the maintenance flag")?;
+    crate::js::retry(
+        "writing the maintenance flag",
+        Duration::from_secs(30),
+        || store.put(keys::SITE_MAINTENANCE, value.into()),
+    )
+    .await?;
     Ok(())
 }
 
-/// Watches the flag until `stop` fires. The receiver starts at `false`.
+/// Follows the flag until `stop` fires. The receiver starts at `false`.
+/// `reconnects` changes whenever the connection comes back.
 pub fn watch(
+    client: Client,
     js: jetstream::Context,
     replicas: usize,
+    reconnects: watch::Receiver<u64>,
     stop: CancellationToken,
 ) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(async move {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let attempt = follow(&js, replicas, &tx, &mut delay);
-            let outcome = tokio::select! {
-                _ = stop.cancelled() => return,
-                outcome = attempt => outcome,
-            };
-            match outcome {
-                Ok(()) => tracing::debug!("maintenance watch ended; watching again"),
-                Err(err) => {
-                    tracing::warn!(error = %format!("{err:#}"), "maintenance watch failed; retrying")
-                }
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            () = follow(client, js, replicas, tx, reconnects) => {}
         }
     });
     (rx, task)
 }
 
+type Read = Pin<Box<dyn Future<Output = bool> + Send>>;
+
 async fn follow(
-    js: &jetstream::Context,
+    client: Client,
+    mut js: jetstream::Context,
     replicas: usize,
-    tx: &watch::Sender<bool>,
-    delay: &mut Duration,
-) -> anyhow::Result<()> {
-    let store = config_bucket(js, replicas).await?;
-    // With history: the current value arrives first, so a flag that changed
-    // while we were disconnected is picked up when the watch is re-made.
-    let mut entries = store
-        .watch_with_history(keys::SITE_MAINTENANCE)
-        .await
-        .context("watching the maintenance flag")?;
-    *delay = Duration::from_millis(100);
-    while let Some(entry) = entries.next().await {
-        let entry = entry.context("reading the maintenance watch")?;
-        let on = entry.operation == kv::Operation::Put && maintenance_flag(&entry.value);
+    tx: watch::Sender<bool>,
+    mut reconnects: watch::Receiver<u64>,
+) {
+    // While a stream leader is being elected, API calls get no answer:
+    // retrying every second beats waiting out the 5 s default.
+    js.set_timeout(Duration::from_secs(1));
+    let mut pushes = loop {
+        match client.subscribe(flag_subject()).await {
+            Ok(sub) => break sub,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot subscribe to the maintenance flag yet");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let apply = |on: bool, source: &str| {
         tx.send_if_modified(|current| {
             let changed = *current != on;
             if changed {
-                tracing::warn!(maintenance = on, "maintenance mode changed");
+                tracing::warn!(maintenance = on, source, "maintenance mode changed");
             }
             *current = on;
             changed
         });
+    };
+    let mut pushed = 0u64;
+    let mut read: Option<(u64, Read)> =
+        Some((pushed, Box::pin(read_current(js.clone(), replicas))));
+    reconnects.borrow_and_update();
+    loop {
+        let read_done = async {
+            match read.as_mut() {
+                Some((_, fut)) => fut.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            on = read_done => {
+                if let Some((started_at, _)) = read.take()
+                    && started_at == pushed
+                {
+                    apply(on, "read");
+                }
+            }
+            message = pushes.next() => {
+                let Some(message) = message else { return };
+                pushed += 1;
+                let deleted = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+                apply(!deleted && maintenance_flag(&message.payload), "push");
+            }
+            changed = reconnects.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                tracing::debug!("reconnected: reading the maintenance flag again");
+                read = Some((pushed, Box::pin(read_current(js.clone(), replicas))));
+            }
+        }
     }
-    Ok(())
+}
+
+/// The flag's current value, retried until it can be read.
+async fn read_current(js: jetstream::Context, replicas: usize) -> bool {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let attempt =
+            async {
+                let store = config_bucket(&js, replicas).await?;
+                let entry = store.entry(keys::SITE_MAINTENANCE).await?;
+                anyhow::Ok(entry.is_some_and(|e| {
+                    e.operation == kv::Operation::Put && maintenance_flag(&e.value)
+                }))
+            };
+        match attempt.await {
+            Ok(on) => return on,
+            Err(err) => {
+                tracing::debug!(error = %format!("{err:#}"), "reading the maintenance flag; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
 }

@@ -16,9 +16,16 @@ use tokio_util::sync::CancellationToken;
 pub struct Connection {
     pub client: Client,
     closed: watch::Receiver<bool>,
+    reconnects: watch::Receiver<u64>,
 }
 
 impl Connection {
+    /// Counts (re)connections; changes each time the connection comes back,
+    /// so watchers can re-establish server-side state at once.
+    pub fn reconnects(&self) -> watch::Receiver<u64> {
+        self.reconnects.clone()
+    }
+
     /// Drains every subscription, flushes what was published, closes the
     /// connection, and waits (bounded) until it is closed.
     pub async fn drain(&self, timeout: Duration) {
@@ -103,11 +110,18 @@ pub async fn connect(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Connection>> {
     let (closed_tx, closed) = watch::channel(false);
+    let (reconnects_tx, reconnects) = watch::channel(0u64);
     let slow_reported = Arc::new(Mutex::new(HashSet::new()));
     let opts = options(settings, name).await?.event_callback(move |event| {
         let closed_tx = closed_tx.clone();
+        let reconnects_tx = reconnects_tx.clone();
         let slow_reported = slow_reported.clone();
-        async move { on_event(event, &closed_tx, &slow_reported) }
+        async move {
+            if matches!(event, Event::Connected) {
+                reconnects_tx.send_modify(|n| *n += 1);
+            }
+            on_event(event, &closed_tx, &slow_reported)
+        }
     });
     let client = opts
         .connect(settings.urls.clone())
@@ -123,7 +137,11 @@ pub async fn connect(
                 cluster = info.cluster.as_deref().unwrap_or("-"),
                 "connected to NATS"
             );
-            return Ok(Some(Connection { client, closed }));
+            return Ok(Some(Connection {
+                client,
+                closed,
+                reconnects,
+            }));
         }
         if started.elapsed() >= next_warning {
             tracing::warn!(

@@ -19,6 +19,14 @@ use std::time::Duration;
 pub const ENV_PREFIX: &str = "SWITCHYARD";
 pub const CONFIG_FILE_ENV: &str = "SWITCHYARD_CONFIG";
 pub const DEFAULT_CONFIG_FILE: &str = "switchyard.toml";
+/// Settings that are lists; in the environment they are comma-separated.
+/// (The `config` crate must be told which keys are lists.)
+pub const LIST_KEYS: [&str; 4] = [
+    "nats.urls",
+    "payments.currencies",
+    "payments.backoff_ms",
+    "stocks.symbols",
+];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -195,14 +203,15 @@ impl Settings {
                     .add_source(File::new(DEFAULT_CONFIG_FILE, FileFormat::Toml).required(false));
             }
         }
-        builder = builder.add_source(
-            Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator("__")
-                .separator("__")
-                .list_separator(",")
-                .with_list_parse_key("nats.urls")
-                .try_parsing(true),
-        );
+        let mut env = Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .try_parsing(true);
+        for key in LIST_KEYS {
+            env = env.with_list_parse_key(key);
+        }
+        builder = builder.add_source(env);
         for (key, value) in overrides {
             builder = builder.set_override(key.as_ref(), value)?;
         }
