@@ -39,6 +39,8 @@ pub mod queue_groups {
     /// The NATS micro protocol's default queue group, which `math` uses.
     pub const MICRO_DEFAULT: &str = "q";
     pub const EMAIL_NOTIFIER: &str = "email-notifier";
+    /// Payment processors share MAX_DELIVERIES advisories through it.
+    pub const PAYMENT_PROCESSOR: &str = "payment-processor";
 }
 
 /// JetStream streams.

@@ -1,0 +1,106 @@
+//! The streams, bucket and consumer the processor needs, created or updated
+//! idempotently at start-up (every instance does it; they agree).
+
+use crate::PaymentSettings;
+use async_nats::jetstream::{self, consumer, kv, stream};
+use protocol::names::{buckets, consumers, streams};
+use protocol::subjects;
+use runtime::js::{ensure_kv, ensure_stream, retry};
+use std::time::Duration;
+
+pub(crate) struct Assets {
+    pub(crate) payments: stream::Stream,
+    pub(crate) consumer: consumer::PullConsumer,
+    pub(crate) kv: kv::Store,
+}
+
+pub(crate) async fn ensure(
+    js: &jetstream::Context,
+    replicas: usize,
+    settings: &PaymentSettings,
+) -> anyhow::Result<Assets> {
+    let window = Duration::from_secs(settings.duplicate_window_s.max(120));
+    let payments = ensure_stream(
+        js,
+        stream::Config {
+            name: streams::PAYMENTS.into(),
+            description: Some("Payments to process (work queue)".into()),
+            subjects: vec![subjects::PAYMENT_PROCESS.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            duplicate_window: window,
+            ..Default::default()
+        },
+        true,
+    )
+    .await?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: streams::PAYMENTS_DLQ.into(),
+            description: Some("Payments that could not be processed, with the reason".into()),
+            subjects: vec![subjects::PAYMENT_DLQ.into()],
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            duplicate_window: window,
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            ..Default::default()
+        },
+        true,
+    )
+    .await?;
+    // Shared with other publishers of events: created if missing, not changed.
+    ensure_stream(js, events_stream(replicas, window), false).await?;
+    let kv = ensure_kv(
+        js,
+        kv::Config {
+            bucket: buckets::PAYMENTS.into(),
+            description: "Payment status by payment_id".into(),
+            history: 5,
+            num_replicas: replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let config = consumer::pull::Config {
+        durable_name: Some(consumers::PAYMENT_PROCESSOR.into()),
+        description: Some("Shared by every payment-processor instance".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_millis(settings.ack_wait_ms),
+        max_deliver: i64::from(settings.max_deliver),
+        backoff: settings
+            .backoff_ms
+            .iter()
+            .map(|ms| Duration::from_millis(*ms))
+            .collect(),
+        max_ack_pending: 10_000,
+        ..Default::default()
+    };
+    let consumer = retry(
+        "creating the payment-processor consumer",
+        Duration::from_secs(30),
+        || payments.create_consumer(config.clone()),
+    )
+    .await?;
+    Ok(Assets {
+        payments,
+        consumer,
+        kv,
+    })
+}
+
+/// `EVENTS`: everything on `events.>`, kept a week.
+pub(crate) fn events_stream(replicas: usize, window: Duration) -> stream::Config {
+    stream::Config {
+        name: streams::EVENTS.into(),
+        description: Some("Every event published on events.>".into()),
+        subjects: vec![subjects::EVENTS_ALL.into()],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: window,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..Default::default()
+    }
+}

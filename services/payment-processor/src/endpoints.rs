@@ -1,0 +1,133 @@
+//! `services.payment.status` and `services.payment.replay`.
+
+use crate::worker::Ctx;
+use async_nats::HeaderMap;
+use protocol::payment::{
+    PaymentIdRequest, PaymentStatus, REPLAY_HEADER, ReplayReply, StatusReply, valid_payment_id,
+};
+use protocol::{ErrorCode, ServiceError, subjects};
+use runtime::{App, ServiceBuilder};
+use std::sync::Arc;
+use std::time::Duration;
+
+const REPLAY_PUBLISH_BUDGET: Duration = Duration::from_secs(5);
+
+pub(crate) fn service(app: &App, ctx: Arc<Ctx>) -> ServiceBuilder {
+    let status_ctx = ctx.clone();
+    app.service(crate::VERSION, crate::DESCRIPTION)
+        .endpoint(
+            "status",
+            subjects::PAYMENT_STATUS,
+            move |req: PaymentIdRequest| {
+                let ctx = status_ctx.clone();
+                async move { status(&ctx, req).await }
+            },
+        )
+        .endpoint(
+            "replay",
+            subjects::PAYMENT_REPLAY,
+            move |req: PaymentIdRequest| {
+                let ctx = ctx.clone();
+                async move { replay(&ctx, req).await }
+            },
+        )
+}
+
+fn check_id(id: &str) -> Result<(), ServiceError> {
+    if valid_payment_id(id) {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid_request(format!(
+            "payment_id {id:?} must be 1 to 128 characters of A-Z, a-z, 0-9, '_' and '-'"
+        )))
+    }
+}
+
+fn unavailable(err: anyhow::Error) -> ServiceError {
+    ServiceError::new(
+        ErrorCode::Unavailable,
+        format!("payment store unavailable: {err:#}"),
+    )
+}
+
+async fn status(ctx: &Ctx, req: PaymentIdRequest) -> Result<StatusReply, ServiceError> {
+    check_id(&req.payment_id)?;
+    match ctx.store.get(&req.payment_id).await.map_err(unavailable)? {
+        Some((record, _)) => Ok(StatusReply::from(&record)),
+        None => Err(ServiceError::new(
+            ErrorCode::NotFound,
+            format!("no payment with id {:?}", req.payment_id),
+        )),
+    }
+}
+
+async fn replay(ctx: &Ctx, req: PaymentIdRequest) -> Result<ReplayReply, ServiceError> {
+    check_id(&req.payment_id)?;
+    let Some((record, _)) = ctx.store.get(&req.payment_id).await.map_err(unavailable)? else {
+        return Err(ServiceError::new(
+            ErrorCode::NotFound,
+            format!(
+                "no payment with id {:?} (a message that never decoded cannot be replayed)",
+                req.payment_id
+            ),
+        ));
+    };
+    match record.status {
+        PaymentStatus::Failed => {}
+        PaymentStatus::Completed => {
+            return Err(ServiceError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "payment {:?} is completed; it cannot be replayed",
+                    req.payment_id
+                ),
+            ));
+        }
+        other => {
+            return Err(ServiceError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "payment {:?} is still {other}; replay it once it has failed",
+                    req.payment_id
+                ),
+            ));
+        }
+    }
+    let n = record.replays + 1;
+    // Publish first, then mark: a published replay that loses the race to
+    // mark is harmless (the processor sees the newer replay number).
+    let mut h = HeaderMap::new();
+    h.insert(REPLAY_HEADER, n.to_string().as_str());
+    let body = serde_json::to_vec(&record.request())
+        .map_err(|e| ServiceError::internal(format!("encoding the payment: {e}")))?;
+    let msg_id = format!("{}.replay.{n}", record.payment_id);
+    runtime::js::publish_durable(
+        &ctx.js,
+        subjects::PAYMENT_PROCESS,
+        &msg_id,
+        Some(&h),
+        body.into(),
+        REPLAY_PUBLISH_BUDGET,
+    )
+    .await
+    .map_err(unavailable)?;
+    if !ctx
+        .store
+        .mark_replayed(&record.payment_id, n)
+        .await
+        .map_err(unavailable)?
+    {
+        return Err(ServiceError::new(
+            ErrorCode::Conflict,
+            format!(
+                "payment {:?} changed while replaying; look at its status",
+                req.payment_id
+            ),
+        ));
+    }
+    Ok(ReplayReply {
+        payment_id: record.payment_id,
+        status: PaymentStatus::Pending,
+        replay: n,
+    })
+}

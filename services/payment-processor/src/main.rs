@@ -1,0 +1,10 @@
+//! `payment-processor`: see the crate docs for what it does.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    runtime::main(
+        protocol::names::services::PAYMENT_PROCESSOR,
+        payment_processor::run,
+    )
+    .await
+}

@@ -1,0 +1,323 @@
+//! Pulls payments from the shared durable consumer and applies each once.
+
+use crate::PaymentSettings;
+use crate::dlq::{Dlq, Entry};
+use crate::gateway::{Charge, Gateway};
+use crate::rules::{self, Rules};
+use crate::store::{Claim, Store};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt as _;
+use protocol::payment::{DlqReason, PaymentEvent, PaymentRecord, PaymentStatus, REPLAY_HEADER};
+use protocol::subjects;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Everything a payment needs, shared by the worker, the endpoints and the
+/// advisory handler.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) js: jetstream::Context,
+    pub(crate) store: Store,
+    pub(crate) dlq: Dlq,
+    pub(crate) rules: Rules,
+    pub(crate) gateway: Arc<dyn Gateway>,
+    pub(crate) settings: PaymentSettings,
+}
+
+impl Ctx {
+    /// How long infrastructure calls are retried.
+    pub(crate) fn budget(&self) -> Duration {
+        Duration::from_millis(self.settings.infra_retry_ms)
+    }
+
+    fn gateway_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.gateway_timeout_ms)
+    }
+
+    /// How long a claim holds against *other* messages for the same payment.
+    fn lease(&self) -> Duration {
+        self.gateway_timeout() + self.budget()
+    }
+
+    /// `events.payment.<status>` with `Nats-Msg-Id: <id>.<status>` (plus
+    /// `.r<n>` for replay n), so publishing it again is a no-op.
+    pub(crate) async fn publish_event(&self, record: &PaymentRecord) -> anyhow::Result<()> {
+        let subject = match record.status {
+            PaymentStatus::Completed => subjects::EVENT_PAYMENT_COMPLETED,
+            PaymentStatus::Failed => subjects::EVENT_PAYMENT_FAILED,
+            PaymentStatus::Pending | PaymentStatus::Processing => return Ok(()),
+        };
+        let mut msg_id = format!("{}.{}", record.payment_id, record.status);
+        if record.replays > 0 {
+            msg_id.push_str(&format!(".r{}", record.replays));
+        }
+        let event = PaymentEvent {
+            payment_id: record.payment_id.clone(),
+            user_id: record.user_id.clone(),
+            amount: record.amount.clone(),
+            currency: record.currency.clone(),
+            email: record.email.clone(),
+            status: record.status,
+            reason: record.reason.clone(),
+            at: record.updated_at.clone(),
+        };
+        let body = serde_json::to_vec(&event)?;
+        runtime::js::publish_durable(&self.js, subject, &msg_id, None, body.into(), self.budget())
+            .await?;
+        Ok(())
+    }
+}
+
+/// What to tell the server about a message.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Ack,
+    /// Never deliver it again (a rule rejection or the last failed delivery).
+    Term,
+    Nak(Duration),
+    /// Our claim was taken over: let the ack wait run out, the owner decides.
+    Leave,
+}
+
+/// Pulls until `stop`; pauses while maintenance mode is on.
+pub(crate) async fn run(
+    ctx: Arc<Ctx>,
+    consumer: PullConsumer,
+    mut maintenance: watch::Receiver<bool>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(ctx.settings.concurrency));
+    let batch = ctx.settings.concurrency;
+    'pull: loop {
+        if *maintenance.borrow_and_update() {
+            tracing::warn!("maintenance mode: not taking payments");
+            tokio::select! {
+                _ = stop.cancelled() => break 'pull,
+                _ = maintenance.wait_for(|on| !*on) => {
+                    tracing::info!("maintenance over: taking payments again");
+                    continue 'pull;
+                }
+            }
+        }
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(messages) => messages,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot pull payments yet; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => break 'pull,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue 'pull,
+                }
+            }
+        };
+        loop {
+            // A free slot first, so we never hold messages we cannot start.
+            let permit = tokio::select! {
+                _ = stop.cancelled() => break 'pull,
+                permit = permits.clone().acquire_owned() => permit?,
+            };
+            let next = tokio::select! {
+                _ = stop.cancelled() => break 'pull,
+                changed = maintenance.changed() => {
+                    if changed.is_err() { break 'pull; }
+                    continue 'pull;
+                }
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let ctx = ctx.clone();
+                    tracker.spawn(async move {
+                        process(&ctx, message).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "pull stream error; pulling again");
+                    continue 'pull;
+                }
+                None => continue 'pull,
+            }
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+async fn process(ctx: &Ctx, message: jetstream::Message) {
+    let Ok(info) = message.info() else {
+        tracing::error!("a pulled message without JetStream metadata");
+        return;
+    };
+    let (seq, delivered) = (
+        info.stream_sequence,
+        u32::try_from(info.delivered).unwrap_or(u32::MAX),
+    );
+    let replay = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(REPLAY_HEADER))
+        .and_then(|v| v.as_str().parse::<u32>().ok())
+        .unwrap_or(0);
+
+    // Keep the server from redelivering while a slow charge is running.
+    let working = CancellationToken::new();
+    let _done = working.clone().drop_guard();
+    let every = ctx.settings.effective_ack_wait() / 2;
+    let progress = {
+        let message = message.clone();
+        let working = working.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    _ = working.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {
+                        let _ = message.ack_with(AckKind::Progress).await;
+                    }
+                }
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = handle(ctx, &message, seq, delivered, replay) => outcome,
+        () = progress => return,
+    };
+    working.cancel();
+    let reply = match outcome {
+        Ok(Outcome::Ack) => message.ack().await,
+        Ok(Outcome::Term) => message.ack_with(AckKind::Term).await,
+        Ok(Outcome::Nak(delay)) => message.ack_with(AckKind::Nak(Some(delay))).await,
+        Ok(Outcome::Leave) => Ok(()),
+        Err(err) => {
+            tracing::error!(seq, error = %format!("{err:#}"), "payment not processed; it will be redelivered");
+            message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await
+        }
+    };
+    if let Err(err) = reply {
+        tracing::warn!(seq, error = %err, "could not acknowledge a payment message; it will be redelivered");
+    }
+}
+
+async fn handle(
+    ctx: &Ctx,
+    message: &jetstream::Message,
+    seq: u64,
+    delivered: u32,
+    replay: u32,
+) -> anyhow::Result<Outcome> {
+    let (req, amount) = match rules::decode(&message.payload) {
+        Ok(decoded) => decoded,
+        Err(rules::Invalid(why)) => {
+            let entry = Entry {
+                reason: DlqReason::InvalidMessage,
+                error: &why,
+                payment_id: None,
+                stream_seq: seq,
+                deliveries: u64::from(delivered),
+            };
+            ctx.dlq
+                .send(entry, message.payload.clone(), ctx.budget())
+                .await?;
+            return Ok(Outcome::Ack);
+        }
+    };
+    let (mut record, revision) = match ctx.store.claim(&req, seq, replay, ctx.lease()).await? {
+        Claim::Claimed { record, revision } => (record, revision),
+        Claim::Final(record) => {
+            // Our own message again (the ack was lost, or we crashed before
+            // the event went out): make sure the event exists; the Msg-Id
+            // keeps it to one.
+            if record.owner_seq == seq {
+                ctx.publish_event(&record).await?;
+            } else {
+                tracing::info!(payment_id = %req.payment_id, status = %record.status, "duplicate payment ignored");
+            }
+            return Ok(Outcome::Ack);
+        }
+        Claim::Busy => {
+            tracing::info!(payment_id = %req.payment_id, "payment is being processed by another message; ignoring this one");
+            return Ok(Outcome::Ack);
+        }
+    };
+
+    if let Err(reason) = ctx.rules.check(&req, amount) {
+        record.status = PaymentStatus::Failed;
+        record.reason = Some(reason);
+        return finish(ctx, record, revision, Outcome::Term).await;
+    }
+
+    let charge = Charge {
+        payment_id: req.payment_id.clone(),
+        user_id: req.user_id.clone(),
+        amount,
+        currency: req.currency.clone(),
+    };
+    let charged = tokio::time::timeout(ctx.gateway_timeout(), ctx.gateway.charge(&charge)).await;
+    let error = match charged {
+        Ok(Ok(charge_id)) => {
+            record.status = PaymentStatus::Completed;
+            record.reason = None;
+            record.charge_id = Some(charge_id);
+            return finish(ctx, record, revision, Outcome::Ack).await;
+        }
+        Ok(Err(err)) => err.to_string(),
+        Err(_) => format!("gateway did not answer within {:?}", ctx.gateway_timeout()),
+    };
+    if delivered >= ctx.settings.max_deliver {
+        let entry = Entry {
+            reason: DlqReason::GatewayFailed,
+            error: &error,
+            payment_id: Some(&req.payment_id),
+            stream_seq: seq,
+            deliveries: u64::from(delivered),
+        };
+        ctx.dlq
+            .send(entry, message.payload.clone(), ctx.budget())
+            .await?;
+        record.status = PaymentStatus::Failed;
+        record.reason = Some(format!(
+            "gateway failed on all {delivered} deliveries: {error}"
+        ));
+        return finish(ctx, record, revision, Outcome::Term).await;
+    }
+    record.status = PaymentStatus::Pending;
+    record.reason = Some(format!("gateway: {error} (will retry)"));
+    record.lease_until_ms = 0;
+    record.updated_at = runtime::time::now_rfc3339();
+    let delay = ctx.settings.backoff_after(delivered);
+    tracing::info!(payment_id = %req.payment_id, delivered, ?delay, %error, "charge failed; retrying later");
+    Ok(match ctx.store.put(&record, revision).await? {
+        Some(_) => Outcome::Nak(delay),
+        None => Outcome::Leave,
+    })
+}
+
+/// Records the final state, then publishes its event, then lets `outcome`
+/// go to the server. A crash in between is repaired by the redelivery.
+async fn finish(
+    ctx: &Ctx,
+    mut record: PaymentRecord,
+    revision: u64,
+    outcome: Outcome,
+) -> anyhow::Result<Outcome> {
+    record.updated_at = runtime::time::now_rfc3339();
+    if ctx.store.put(&record, revision).await?.is_none() {
+        tracing::warn!(payment_id = %record.payment_id, "claim taken over by another message; leaving it to that one");
+        return Ok(Outcome::Leave);
+    }
+    ctx.publish_event(&record).await?;
+    Ok(outcome)
+}

@@ -1,0 +1,736 @@
+//! payment-processor on real 3-node clusters. Each test has its own cluster:
+//! they share the contract's fixed stream and consumer names, and each one
+//! drives the gateway or the cluster into a different fault.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt as _;
+use futures::future::join_all;
+use payment_processor::gateway::{Simulator, SimulatorSettings};
+use protocol::micro::{PingResponse, Verb};
+use protocol::payment::{
+    DlqReason, PaymentEvent, PaymentRequest, PaymentStatus, ReplayReply, StatusReply, dlq_headers,
+};
+use protocol::{ErrorCode, subjects};
+use runtime::client::{CallError, call, discover, request_raw};
+use runtime::settings::Value;
+use runtime::{CancellationToken, Settings};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use testkit::Cluster;
+use tokio::time::Instant;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn quick_gateway() -> Arc<Simulator> {
+    Arc::new(
+        Simulator::new(&SimulatorSettings {
+            latency_ms: 1,
+            jitter_ms: 2,
+            ..Default::default()
+        })
+        .unwrap(),
+    )
+}
+
+/// Fast retries for tests: redeliveries after 200 ms and 400 ms.
+fn test_overrides(urls: Vec<String>) -> Vec<(String, Value)> {
+    vec![
+        ("nats.urls".into(), Value::from(urls)),
+        ("payments.backoff_ms".into(), Value::from(vec![200, 400])),
+        ("payments.ack_wait_ms".into(), Value::from(2000)),
+        ("payments.limit".into(), Value::from("5000")),
+    ]
+}
+
+struct Processor {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Processor {
+    async fn start(urls: Vec<String>, gateway: Arc<Simulator>) -> Processor {
+        let settings = Settings::load_with(test_overrides(urls.clone())).unwrap();
+        runtime::telemetry::init(&settings.log);
+        let shutdown = CancellationToken::new();
+        let before = instances(&urls).await;
+        let task = tokio::spawn(payment_processor::run_with_gateway(
+            settings,
+            shutdown.clone(),
+            gateway,
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while instances(&urls).await <= before {
+            assert!(Instant::now() < deadline, "payment-processor did not start");
+        }
+        Processor { shutdown, task }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn instances(urls: &[String]) -> usize {
+    let client = async_nats::connect(urls.to_vec()).await.unwrap();
+    discover::<PingResponse>(
+        &client,
+        Verb::Ping,
+        Some("payment-processor"),
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap()
+    .len()
+}
+
+fn payment(id: &str, amount: &str, currency: &str) -> PaymentRequest {
+    PaymentRequest {
+        payment_id: id.into(),
+        user_id: "user-123".into(),
+        subscription_id: Some("sub-monthly".into()),
+        amount: amount.into(),
+        currency: currency.into(),
+        email: Some("a@b.example".into()),
+    }
+}
+
+async fn publish(
+    js: &jetstream::Context,
+    req: &PaymentRequest,
+    msg_id: &str,
+) -> jetstream::publish::PublishAck {
+    let body = serde_json::to_vec(req).unwrap();
+    runtime::js::publish_durable(
+        js,
+        subjects::PAYMENT_PROCESS,
+        msg_id,
+        None,
+        body.into(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
+}
+
+async fn status(client: &async_nats::Client, id: &str) -> Result<StatusReply, CallError> {
+    call(
+        client,
+        subjects::PAYMENT_STATUS,
+        &json!({"payment_id": id}),
+        TIMEOUT,
+    )
+    .await
+}
+
+async fn wait_status(
+    client: &async_nats::Client,
+    id: &str,
+    want: PaymentStatus,
+    within: Duration,
+) -> StatusReply {
+    let deadline = Instant::now() + within;
+    loop {
+        let last = status(client, id).await;
+        if let Ok(s) = &last
+            && s.status == want
+        {
+            return s.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}: wanted {want}, last {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every message on `subject_filter` in `stream`, oldest first. Retries
+/// through leader elections, as any client must.
+async fn read_stream(
+    js: &jetstream::Context,
+    stream: &str,
+    subject_filter: &str,
+) -> Vec<jetstream::Message> {
+    let budget = Duration::from_secs(60);
+    let consumer = runtime::js::retry("opening a reader", budget, || async {
+        let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+        stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject_filter.into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let mut messages = consumer.messages().await.unwrap();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await
+    {
+        let pending = m.info().unwrap().pending;
+        out.push(m);
+        if pending == 0 {
+            break;
+        }
+    }
+    out
+}
+
+async fn events(js: &jetstream::Context, status: &str) -> Vec<PaymentEvent> {
+    read_stream(js, "EVENTS", &format!("events.payment.{status}"))
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect()
+}
+
+fn count_by_id(events: &[PaymentEvent]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for e in events {
+        *counts.entry(e.payment_id.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn header(m: &jetstream::Message, name: &str) -> Option<String> {
+    m.headers.as_ref()?.get(name).map(|v| v.as_str().to_owned())
+}
+
+async fn expect_error(client: &async_nats::Client, subject: &str, body: &str, code: ErrorCode) {
+    let reply = request_raw(client, subject, None, body.to_owned().into(), TIMEOUT)
+        .await
+        .unwrap();
+    let err = reply
+        .error()
+        .unwrap_or_else(|| panic!("{subject} {body}: no error"));
+    assert_eq!(err.code, code, "{subject} {body}: {err}");
+    let status = reply
+        .headers
+        .unwrap()
+        .get("Nats-Service-Error-Code")
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert_eq!(status, code.status().to_string());
+}
+
+#[tokio::test]
+async fn happy_path_duplicates_rules_invalid_messages_and_bad_input() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let gateway = quick_gateway();
+    let processor = Processor::start(cluster.urls(), gateway.clone()).await;
+    let client = cluster.client().await.unwrap();
+    let js = jetstream::new(client.clone());
+
+    // Happy path: one effect, one completed event, the status fields right.
+    let req = payment("pay-001", "99.99", "USD");
+    let ack = publish(&js, &req, "pay-001").await;
+    assert!(!ack.duplicate);
+    let done = wait_status(
+        &client,
+        "pay-001",
+        PaymentStatus::Completed,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(
+        (done.amount.as_str(), done.currency.as_str(), done.attempts),
+        ("99.99", "USD", 1)
+    );
+    assert_eq!(done.reason, None);
+    assert!(done.updated_at.ends_with('Z'));
+    let raw = request_raw(
+        &client,
+        subjects::PAYMENT_STATUS,
+        None,
+        r#"{"payment_id":"pay-001"}"#.into(),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let raw: serde_json::Value = serde_json::from_slice(&raw.payload).unwrap();
+    assert!(
+        raw.get("reason").is_some_and(serde_json::Value::is_null),
+        "reason is present as null: {raw}"
+    );
+
+    // The same Msg-Id again: the stream says duplicate.
+    assert!(publish(&js, &req, "pay-001").await.duplicate);
+    // The same payment under another Msg-Id: accepted, then ignored.
+    assert!(!publish(&js, &req, "pay-001-resent").await.duplicate);
+    // A marker after it: once the marker completes, the resend was handled.
+    publish(&js, &payment("pay-002", "5", "EUR"), "pay-002").await;
+    wait_status(
+        &client,
+        "pay-002",
+        PaymentStatus::Completed,
+        Duration::from_secs(15),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = status(&client, "pay-001").await.unwrap();
+    assert_eq!(again, done, "status unchanged by the duplicate");
+    assert_eq!(gateway.attempts("pay-001"), 1, "charged once");
+    let completed = count_by_id(&events(&js, "completed").await);
+    assert_eq!(completed.get("pay-001"), Some(&1));
+
+    // Rule rejections: failed with a reason, never sent to the gateway, delivered once.
+    for (id, amount, currency, why) in [
+        ("rule-zero", "0", "USD", "greater than zero"),
+        ("rule-negative", "-10.00", "USD", "greater than zero"),
+        ("rule-limit", "5000.01", "USD", "over the limit"),
+        ("rule-currency", "10", "XXX", "not accepted"),
+    ] {
+        publish(&js, &payment(id, amount, currency), id).await;
+        let failed = wait_status(&client, id, PaymentStatus::Failed, Duration::from_secs(15)).await;
+        assert!(
+            failed.reason.as_deref().is_some_and(|r| r.contains(why)),
+            "{id}: {failed:?}"
+        );
+        assert_eq!(failed.attempts, 1, "{id}: delivered once");
+        assert_eq!(gateway.attempts(id), 0, "{id}: no charge");
+    }
+    let failed_events = count_by_id(&events(&js, "failed").await);
+    assert_eq!(failed_events.get("rule-limit"), Some(&1));
+
+    // Malformed messages: to the DLQ, body untouched, reason invalid_message.
+    let garbage: [&[u8]; 3] = [
+        b"not json at all",
+        br#"{"payment_id":"bad.id","user_id":"u","amount":"1","currency":"USD"}"#,
+        br#"{"payment_id":"p-ok","user_id":"u","amount":"ten","currency":"USD"}"#,
+    ];
+    for (i, body) in garbage.iter().enumerate() {
+        runtime::js::publish_durable(
+            &js,
+            subjects::PAYMENT_PROCESS,
+            &format!("garbage-{i}"),
+            None,
+            body.to_vec().into(),
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let dlq = loop {
+        let dlq = read_stream(&js, "PAYMENTS_DLQ", ">").await;
+        if dlq.len() >= garbage.len() || Instant::now() > deadline {
+            break dlq;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dlq.len(), garbage.len());
+    for (m, body) in dlq.iter().zip(garbage) {
+        assert_eq!(
+            header(m, dlq_headers::REASON).as_deref(),
+            Some(DlqReason::InvalidMessage.as_str())
+        );
+        assert!(header(m, dlq_headers::ERROR).is_some_and(|e| !e.is_empty()));
+        assert_eq!(&m.payload[..], body);
+    }
+
+    // Bad input on every endpoint: typed errors; unknown ids; replay rules.
+    for subject in [subjects::PAYMENT_STATUS, subjects::PAYMENT_REPLAY] {
+        expect_error(&client, subject, "", ErrorCode::InvalidRequest).await;
+        expect_error(&client, subject, "{", ErrorCode::InvalidRequest).await;
+        expect_error(&client, subject, "{}", ErrorCode::InvalidRequest).await;
+        expect_error(
+            &client,
+            subject,
+            r#"{"payment_id":7}"#,
+            ErrorCode::InvalidRequest,
+        )
+        .await;
+        expect_error(
+            &client,
+            subject,
+            r#"{"payment_id":"a.b"}"#,
+            ErrorCode::InvalidRequest,
+        )
+        .await;
+        expect_error(
+            &client,
+            subject,
+            r#"{"payment_id":"nope"}"#,
+            ErrorCode::NotFound,
+        )
+        .await;
+        let big = format!(r#"{{"payment_id":"{}"}}"#, "x".repeat(70_000));
+        expect_error(&client, subject, &big, ErrorCode::TooLarge).await;
+    }
+    expect_error(
+        &client,
+        subjects::PAYMENT_REPLAY,
+        r#"{"payment_id":"pay-001"}"#,
+        ErrorCode::Conflict,
+    )
+    .await;
+    // Still answering.
+    assert_eq!(
+        status(&client, "pay-001").await.unwrap().status,
+        PaymentStatus::Completed
+    );
+
+    // Two processors, 1,000 payments: each completed exactly once.
+    let second_gateway = quick_gateway();
+    let second = Processor::start(cluster.urls(), second_gateway.clone()).await;
+    let first_effects = gateway.effects();
+    let ids: Vec<String> = (0..1000).map(|i| format!("bulk-{i:04}")).collect();
+    let started = Instant::now();
+    for chunk in ids.chunks(100) {
+        join_all(chunk.iter().map(|id| {
+            let js = js.clone();
+            async move { publish(&js, &payment(id, "12.34", "GBP"), id).await }
+        }))
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let done = count_by_id(&events(&js, "completed").await);
+        if ids.iter().all(|id| done.get(id) == Some(&1)) {
+            assert!(ids.iter().all(|id| done.get(id) == Some(&1)));
+            break;
+        }
+        assert!(
+            ids.iter().all(|id| done.get(id).copied().unwrap_or(0) <= 1),
+            "a second completed event"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{} of 1000 completed",
+            ids.iter().filter(|id| done.contains_key(*id)).count()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "1000 payments on 2 processors completed in {:?}",
+        started.elapsed()
+    );
+    let (a, b) = (gateway.effects() - first_effects, second_gateway.effects());
+    assert_eq!(a + b, 1000, "each payment charged exactly once: {a} + {b}");
+    assert!(a > 0 && b > 0, "both processors took payments: {a} and {b}");
+    for id in &ids {
+        assert_eq!(
+            gateway.attempts(id) + second_gateway.attempts(id),
+            1,
+            "{id}"
+        );
+    }
+    second.stop().await;
+    processor.stop().await;
+}
+
+#[tokio::test]
+async fn gateway_failures_retry_then_dead_letter_then_replay() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let gateway = quick_gateway();
+    let processor = Processor::start(cluster.urls(), gateway.clone()).await;
+    let client = cluster.client().await.unwrap();
+    let js = jetstream::new(client.clone());
+
+    // Transient: the first two attempts fail, the third completes.
+    gateway.set_fail_first_attempts(2);
+    publish(&js, &payment("flaky-1", "10", "USD"), "flaky-1").await;
+    let done = wait_status(
+        &client,
+        "flaky-1",
+        PaymentStatus::Completed,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(done.attempts, 3, "{done:?}");
+    assert_eq!(gateway.attempts("flaky-1"), 3);
+
+    // Always failing: DLQ after 3 deliveries, with the reason.
+    gateway.set_fail_first_attempts(0);
+    gateway.set_failure_rate(1.0);
+    let req = payment("doomed-1", "20", "EUR");
+    publish(&js, &req, "doomed-1").await;
+    let failed = wait_status(
+        &client,
+        "doomed-1",
+        PaymentStatus::Failed,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(failed.attempts, 3);
+    assert!(
+        failed
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("gateway failed on all 3 deliveries")),
+        "{failed:?}"
+    );
+    let dlq = read_stream(&js, "PAYMENTS_DLQ", ">").await;
+    let entry = dlq
+        .iter()
+        .find(|m| header(m, dlq_headers::PAYMENT_ID).as_deref() == Some("doomed-1"))
+        .expect("in the DLQ");
+    assert_eq!(
+        header(entry, dlq_headers::REASON).as_deref(),
+        Some("gateway_failed")
+    );
+    assert_eq!(header(entry, dlq_headers::DELIVERIES).as_deref(), Some("3"));
+    assert_eq!(
+        serde_json::from_slice::<PaymentRequest>(&entry.payload).unwrap(),
+        req
+    );
+    let failed_events = count_by_id(&events(&js, "failed").await);
+    assert_eq!(failed_events.get("doomed-1"), Some(&1));
+
+    // Replay after the gateway recovers: completed.
+    gateway.set_failure_rate(0.0);
+    let replay: ReplayReply = call(
+        &client,
+        subjects::PAYMENT_REPLAY,
+        &json!({"payment_id": "doomed-1"}),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert_eq!((replay.status, replay.replay), (PaymentStatus::Pending, 1));
+    let done = wait_status(
+        &client,
+        "doomed-1",
+        PaymentStatus::Completed,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(done.replays, 1);
+    assert_eq!(
+        count_by_id(&events(&js, "completed").await).get("doomed-1"),
+        Some(&1)
+    );
+    assert_eq!(gateway.effects(), 2, "flaky-1 and doomed-1, once each");
+
+    // The server's MAX_DELIVERIES advisory: a message delivered three times
+    // and never acknowledged (a consumer that takes it and dies each time)
+    // lands in the DLQ. Maintenance pauses our worker so only we take it.
+    let replicas = 3;
+    runtime::maintenance::set(&js, replicas, true)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish(&js, &payment("stuck-1", "1", "USD"), "stuck-1").await;
+    let consumer: consumer::PullConsumer = js
+        .get_stream("PAYMENTS")
+        .await
+        .unwrap()
+        .get_consumer("payment-processor")
+        .await
+        .unwrap();
+    let mut taken = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while taken < 3 {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .unwrap();
+        if let Some(Ok(m)) = batch.next().await {
+            assert_eq!(m.info().unwrap().delivered, taken + 1);
+            taken += 1; // and never ack it
+        }
+        assert!(Instant::now() < deadline, "delivered only {taken} times");
+    }
+    // The server notices the exhausted message when it next serves a pull.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut pull = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .unwrap();
+        if let Some(Ok(m)) = pull.next().await {
+            panic!("delivered a 4th time: {:?}", m.info().unwrap().delivered);
+        }
+        let dlq = read_stream(&js, "PAYMENTS_DLQ", ">").await;
+        if let Some(m) = dlq
+            .iter()
+            .find(|m| header(m, dlq_headers::PAYMENT_ID).as_deref() == Some("stuck-1"))
+        {
+            assert_eq!(
+                header(m, dlq_headers::REASON).as_deref(),
+                Some("max_deliveries")
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no MAX_DELIVERIES DLQ entry");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    runtime::maintenance::set(&js, replicas, false)
+        .await
+        .unwrap();
+    processor.stop().await;
+}
+
+#[tokio::test]
+async fn stream_leader_killed_with_a_thousand_payments_in_flight() {
+    let mut cluster = Cluster::start(3).await.unwrap();
+    let gateway = quick_gateway();
+    let processor = Processor::start(cluster.urls(), gateway.clone()).await;
+    let client = cluster.client().await.unwrap();
+    let js = jetstream::new(client.clone());
+    let mut stream = js.get_stream("PAYMENTS").await.unwrap();
+    let leader = stream
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .as_ref()
+        .unwrap()
+        .leader
+        .clone()
+        .unwrap();
+    let leader: usize = leader.trim_start_matches('n').parse().unwrap();
+
+    // Publishers retry with the same Msg-Id until acked; the leader dies
+    // after the first 300 acks.
+    let ids: Vec<String> = (0..1000).map(|i| format!("lk-{i:04}")).collect();
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publishers = ids.chunks(50).map(|chunk| {
+        let js = js.clone();
+        let acked = acked.clone();
+        let chunk = chunk.to_vec();
+        tokio::spawn(async move {
+            for id in chunk {
+                publish(&js, &payment(&id, "3.00", "USD"), &id).await;
+                acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    });
+    let publishers: Vec<_> = publishers.collect();
+    while acked.load(std::sync::atomic::Ordering::Relaxed) < 300 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cluster.kill_node(leader);
+    let killed = Instant::now();
+    println!(
+        "killed stream leader n{leader} after {} acks",
+        acked.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    for p in publishers {
+        p.await.unwrap();
+    }
+    println!(
+        "all 1000 publishes acked {:?} after the kill",
+        killed.elapsed()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut first_after_kill = None;
+    loop {
+        let done = count_by_id(&events(&js, "completed").await);
+        assert!(done.values().all(|&n| n == 1), "a second completed event");
+        if first_after_kill.is_none() && done.len() > 300 {
+            first_after_kill = Some(killed.elapsed());
+        }
+        if ids.iter().all(|id| done.contains_key(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 1000 completed",
+            done.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "recovery: completions past the first 300 seen {:?} after the kill; all 1000 completed {:?} after it",
+        first_after_kill.unwrap_or_default(),
+        killed.elapsed()
+    );
+    assert_eq!(gateway.effects(), 1000, "each payment charged exactly once");
+    let retried = ids.iter().filter(|id| gateway.attempts(id) > 1).count();
+    println!(
+        "{retried} payments needed more than one gateway call (the gateway's idempotency key kept them to one charge)"
+    );
+
+    cluster.restart_node(leader).await.unwrap();
+    processor.stop().await;
+}
+
+#[tokio::test]
+async fn processor_sigkilled_mid_batch_loses_and_doubles_nothing() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.jsonl");
+    let spawn = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_payment-processor"))
+            .env("SWITCHYARD__NATS__URLS", cluster.urls().join(","))
+            .env("SWITCHYARD__PAYMENTS__GATEWAY__LATENCY_MS", "150")
+            .env("SWITCHYARD__PAYMENTS__GATEWAY__LEDGER_FILE", &ledger)
+            .env("SWITCHYARD__PAYMENTS__CONCURRENCY", "16")
+            .env("SWITCHYARD__PAYMENTS__BACKOFF_MS", "500,1000")
+            .env("SWITCHYARD__LOG__LEVEL", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut first = spawn();
+    let client = cluster.client().await.unwrap();
+    let js = jetstream::new(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while instances(&cluster.urls()).await == 0 {
+        assert!(Instant::now() < deadline, "processor did not start");
+    }
+    let ids: Vec<String> = (0..200).map(|i| format!("k-{i:03}")).collect();
+    join_all(ids.iter().map(|id| {
+        let js = js.clone();
+        async move { publish(&js, &payment(id, "1.50", "CHF"), id).await }
+    }))
+    .await;
+    // Kill it while it is charging: some payments done, 16 in flight.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count_by_id(&events(&js, "completed").await).len() < 40 {
+        assert!(Instant::now() < deadline, "no progress before the kill");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let done_at_kill = count_by_id(&events(&js, "completed").await).len();
+    println!("SIGKILLed the processor with {done_at_kill} of 200 completed");
+    assert!(done_at_kill < 200);
+
+    let mut second = spawn();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let done = count_by_id(&events(&js, "completed").await);
+        assert!(done.values().all(|&n| n == 1), "a second completed event");
+        if done.len() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} of 200 completed", done.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut charged: HashMap<String, usize> = HashMap::new();
+    for line in std::fs::read_to_string(&ledger).unwrap().lines() {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+        *charged
+            .entry(entry["payment_id"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(charged.len(), 200, "every payment charged");
+    assert!(charged.values().all(|&n| n == 1), "a payment charged twice");
+    for id in &ids {
+        let s = status(&client, id).await.unwrap();
+        assert_eq!(s.status, PaymentStatus::Completed, "{id}");
+    }
+    second.start_kill().unwrap();
+    second.wait().await.unwrap();
+}
