@@ -1,6 +1,7 @@
 //! The `switchyard` command. Each subcommand lives in its own module.
 
 mod math;
+mod pay;
 mod schemas;
 mod status;
 mod up;
@@ -39,6 +40,8 @@ enum Command {
     Nats(up::NatsArgs),
     /// Call the math service: `switchyard math add 2 3`.
     Math(math::MathArgs),
+    /// Payments: `switchyard pay <user> <amount>`, `pay status|dlq|replay`.
+    Pay(pay::PayArgs),
     /// List the running services from `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS`.
     Status(status::StatusArgs),
     /// Turn site-wide maintenance mode on or off, or show it.
@@ -62,6 +65,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Up(args) => up::up(args).await,
         Command::Nats(args) => up::nats_only(args).await,
         Command::Math(args) => math::run(&cli.servers, cli.timeout, args).await,
+        Command::Pay(args) => pay::run(&cli.servers, cli.timeout, args).await,
         Command::Status(args) => status::run(&cli.servers, cli.timeout, args).await,
         Command::Maintenance { state } => maintenance(&cli.servers, state).await,
         Command::Schemas(args) => schemas::run(args),

@@ -171,8 +171,43 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // A payment through the whole stack.
+    let out = Command::new(SWITCHYARD)
+        .args([
+            "pay",
+            "user-1",
+            "9.99",
+            "--id",
+            "up-pay-1",
+            "--servers",
+            &servers,
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("up-pay-1 completed"), "{out:?}");
+
     let children = pids(&state);
-    assert_eq!(children.len(), 4, "3 NATS nodes + math: {children:?}");
+    let services = [
+        "math-service",
+        "payment-processor",
+        "email-notifier",
+        "log-worker",
+        "stock-ticker",
+        "registry",
+    ]
+    .iter()
+    .filter(|b| Path::new(SWITCHYARD).with_file_name(b).is_file())
+    .count();
+    assert!(
+        services >= 2,
+        "math-service and payment-processor are built"
+    );
+    assert_eq!(
+        children.len(),
+        3 + services,
+        "3 NATS nodes + every service: {children:?}"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(up.id()).unwrap()),
         nix::sys::signal::Signal::SIGTERM,
