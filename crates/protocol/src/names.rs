@@ -59,6 +59,7 @@ pub mod consumers {
     pub const PAYMENT_PROCESSOR: &str = "payment-processor";
     pub const LOG_WORKERS: &str = "log-workers";
     pub const EMAIL_RECEIPTS: &str = "email-receipts";
+    pub const EMAIL_SENDER: &str = "email-sender";
 }
 
 /// JetStream key-value buckets.

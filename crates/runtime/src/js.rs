@@ -47,6 +47,21 @@ pub async fn ensure_stream(
     .await
 }
 
+/// `EVENTS`: everything on `events.>`, kept a week. Every publisher of
+/// events ensures it exists (without changing an existing one).
+pub fn events_stream_config(replicas: usize, duplicate_window: Duration) -> stream::Config {
+    stream::Config {
+        name: protocol::names::streams::EVENTS.into(),
+        description: Some("Every event published on events.>".into()),
+        subjects: vec![protocol::subjects::EVENTS_ALL.into()],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..Default::default()
+    }
+}
+
 /// Opens a KV bucket, creating it with `config` when missing.
 pub async fn ensure_kv(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
     let bucket = config.bucket.clone();

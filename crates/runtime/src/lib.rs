@@ -15,6 +15,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;
+pub mod worker;
 
 pub use micro::{Service, ServiceBuilder};
 pub use settings::Settings;

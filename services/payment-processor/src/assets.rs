@@ -51,7 +51,12 @@ pub(crate) async fn ensure(
     )
     .await?;
     // Shared with other publishers of events: created if missing, not changed.
-    ensure_stream(js, events_stream(replicas, window), false).await?;
+    ensure_stream(
+        js,
+        runtime::js::events_stream_config(replicas, window),
+        false,
+    )
+    .await?;
     let kv = ensure_kv(
         js,
         kv::Config {
@@ -89,18 +94,4 @@ pub(crate) async fn ensure(
         consumer,
         kv,
     })
-}
-
-/// `EVENTS`: everything on `events.>`, kept a week.
-pub(crate) fn events_stream(replicas: usize, window: Duration) -> stream::Config {
-    stream::Config {
-        name: streams::EVENTS.into(),
-        description: Some("Every event published on events.>".into()),
-        subjects: vec![subjects::EVENTS_ALL.into()],
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        duplicate_window: window,
-        max_age: Duration::from_secs(7 * 24 * 3600),
-        ..Default::default()
-    }
 }

@@ -6,14 +6,12 @@ use crate::gateway::{Charge, Gateway};
 use crate::rules::{self, Rules};
 use crate::store::{Claim, Store};
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
-use futures::StreamExt as _;
 use protocol::payment::{DlqReason, PaymentEvent, PaymentRecord, PaymentStatus, REPLAY_HEADER};
 use protocol::subjects;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Everything a payment needs, shared by the worker, the endpoints and the
 /// advisory handler.
@@ -86,72 +84,22 @@ enum Outcome {
 pub(crate) async fn run(
     ctx: Arc<Ctx>,
     consumer: PullConsumer,
-    mut maintenance: watch::Receiver<bool>,
+    maintenance: watch::Receiver<bool>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(ctx.settings.concurrency));
-    let batch = ctx.settings.concurrency;
-    'pull: loop {
-        if *maintenance.borrow_and_update() {
-            tracing::warn!("maintenance mode: not taking payments");
-            tokio::select! {
-                _ = stop.cancelled() => break 'pull,
-                _ = maintenance.wait_for(|on| !*on) => {
-                    tracing::info!("maintenance over: taking payments again");
-                    continue 'pull;
-                }
-            }
-        }
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await;
-        let mut messages = match messages {
-            Ok(messages) => messages,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot pull payments yet; retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => break 'pull,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue 'pull,
-                }
-            }
-        };
-        loop {
-            // A free slot first, so we never hold messages we cannot start.
-            let permit = tokio::select! {
-                _ = stop.cancelled() => break 'pull,
-                permit = permits.clone().acquire_owned() => permit?,
-            };
-            let next = tokio::select! {
-                _ = stop.cancelled() => break 'pull,
-                changed = maintenance.changed() => {
-                    if changed.is_err() { break 'pull; }
-                    continue 'pull;
-                }
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    let ctx = ctx.clone();
-                    tracker.spawn(async move {
-                        process(&ctx, message).await;
-                        drop(permit);
-                    });
-                }
-                Some(Err(err)) => {
-                    tracing::warn!(error = %err, "pull stream error; pulling again");
-                    continue 'pull;
-                }
-                None => continue 'pull,
-            }
-        }
-    }
-    tracker.close();
-    tracker.wait().await;
+    let concurrency = ctx.settings.concurrency;
+    runtime::worker::run_pull(
+        "payments",
+        consumer,
+        concurrency,
+        maintenance,
+        stop,
+        move |message| {
+            let ctx = ctx.clone();
+            async move { process(&ctx, message).await }
+        },
+    )
+    .await;
     Ok(())
 }
 

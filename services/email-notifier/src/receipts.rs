@@ -1,0 +1,96 @@
+//! A receipt for every `events.payment.completed` that names an email,
+//! from a durable consumer on `EVENTS`: events published while the notifier
+//! was down are not lost, and the Msg-Id `receipt.<payment_id>` keeps it to
+//! one receipt per payment.
+
+use crate::Ctx;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use lettre::message::Mailbox;
+use protocol::email::{self, EmailJob, EmailKind};
+use protocol::payment::PaymentEvent;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) async fn run(
+    ctx: Arc<Ctx>,
+    consumer: PullConsumer,
+    maintenance: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
+    runtime::worker::run_pull(
+        "email-receipts",
+        consumer,
+        8,
+        maintenance,
+        stop,
+        move |message| {
+            let ctx = ctx.clone();
+            async move { receipt(&ctx, message).await }
+        },
+    )
+    .await;
+}
+
+/// The receipt for a completed payment, if it has a usable email.
+pub(crate) fn receipt_job(event: &PaymentEvent) -> Option<EmailJob> {
+    let to: Mailbox = event.email.as_deref()?.parse().ok()?;
+    Some(EmailJob {
+        id: format!("rcpt-{}", event.payment_id),
+        kind: EmailKind::Receipt,
+        to: to.to_string(),
+        subject: format!("Receipt for payment {}", event.payment_id),
+        body: format!(
+            "Thank you. We received your payment.\n\nPayment:  {}\nAmount:   {} {}\nAccount:  {}\nDate:     {}\n",
+            event.payment_id, event.amount, event.currency, event.user_id, event.at
+        ),
+        accepted_at: runtime::time::now_rfc3339(),
+        scheduled_for: None,
+        idempotency_key: None,
+        payment_id: Some(event.payment_id.clone()),
+    })
+}
+
+async fn receipt(ctx: &Ctx, message: jetstream::Message) {
+    let event: PaymentEvent = match serde_json::from_slice(&message.payload) {
+        Ok(event) => event,
+        Err(err) => {
+            tracing::warn!(error = %err, "unreadable payment event; no receipt");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let Some(job) = receipt_job(&event) else {
+        let _ = message.ack().await;
+        return;
+    };
+    let body = match serde_json::to_vec(&job) {
+        Ok(body) => body,
+        Err(err) => {
+            tracing::error!(error = %err, "encoding a receipt");
+            return;
+        }
+    };
+    let msg_id = format!("receipt.{}", event.payment_id);
+    let queued = runtime::js::publish_durable(
+        &ctx.js,
+        email::subjects::OUTBOX,
+        &msg_id,
+        None,
+        body.into(),
+        ctx.budget(),
+    )
+    .await;
+    let reply = match queued {
+        Ok(_) => message.ack().await,
+        Err(err) => {
+            tracing::warn!(payment_id = %event.payment_id, error = %format!("{err:#}"), "receipt not queued; retrying");
+            message
+                .ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(1))))
+                .await
+        }
+    };
+    if let Err(err) = reply {
+        tracing::warn!(error = %err, "could not acknowledge a payment event");
+    }
+}

@@ -1,0 +1,99 @@
+//! Sends each mail of `email.outbox` once, retrying transport errors.
+
+use crate::Ctx;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use protocol::email::{EmailEvent, EmailJob};
+use protocol::subjects;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) async fn run(
+    ctx: Arc<Ctx>,
+    consumer: PullConsumer,
+    maintenance: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
+    let concurrency = ctx.settings.concurrency;
+    runtime::worker::run_pull(
+        "email-sender",
+        consumer,
+        concurrency,
+        maintenance,
+        stop,
+        move |message| {
+            let ctx = ctx.clone();
+            async move { send(&ctx, message).await }
+        },
+    )
+    .await;
+}
+
+async fn send(ctx: &Ctx, message: jetstream::Message) {
+    let delivered = message
+        .info()
+        .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    let job: EmailJob = match serde_json::from_slice(&message.payload) {
+        Ok(job) => job,
+        Err(err) => {
+            // Only we write this subject; an unreadable job cannot get better.
+            tracing::error!(error = %err, "unreadable mail job dropped");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let reply = match ctx.transport.send(&job).await {
+        Ok(()) => match publish(ctx, &job, None).await {
+            Ok(()) => {
+                tracing::info!(id = %job.id, to = %job.to, "mail sent");
+                message.ack().await
+            }
+            Err(err) => {
+                tracing::warn!(id = %job.id, error = %format!("{err:#}"), "sent, but the event did not go out; retrying");
+                message
+                    .ack_with(AckKind::Nak(Some(ctx.settings.backoff_after(1))))
+                    .await
+            }
+        },
+        Err(error) if delivered >= ctx.settings.max_deliver => {
+            tracing::error!(id = %job.id, %error, delivered, "giving up on a mail");
+            let _ = publish(ctx, &job, Some(error)).await;
+            message.ack_with(AckKind::Term).await
+        }
+        Err(error) => {
+            let delay = ctx.settings.backoff_after(delivered);
+            tracing::warn!(id = %job.id, %error, delivered, ?delay, "transport failed; retrying");
+            message.ack_with(AckKind::Nak(Some(delay))).await
+        }
+    };
+    if let Err(err) = reply {
+        tracing::warn!(id = %job.id, error = %err, "could not acknowledge a mail; it will be redelivered");
+    }
+}
+
+/// `events.email.sent` or, with an error, `events.email.failed`.
+async fn publish(ctx: &Ctx, job: &EmailJob, error: Option<String>) -> anyhow::Result<()> {
+    let (subject, status) = match error {
+        None => (subjects::EVENT_EMAIL_SENT, "sent"),
+        Some(_) => (subjects::EVENT_EMAIL_FAILED, "failed"),
+    };
+    let event = EmailEvent {
+        id: job.id.clone(),
+        to: job.to.clone(),
+        subject: job.subject.clone(),
+        at: runtime::time::now_rfc3339(),
+        error,
+    };
+    let body = serde_json::to_vec(&event)?;
+    runtime::js::publish_durable(
+        &ctx.js,
+        subject,
+        &format!("{}.{status}", job.id),
+        None,
+        body.into(),
+        ctx.budget(),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,448 @@
+//! email-notifier on a real 3-node cluster.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
+use async_nats::jetstream;
+use email_notifier::transport::{Outbox, Transport};
+use futures::future::{BoxFuture, join_all};
+use protocol::email::{EmailAccepted, EmailEvent, EmailJob};
+use protocol::micro::{PingResponse, Verb};
+use protocol::payment::{PaymentEvent, PaymentStatus};
+use protocol::{ErrorCode, subjects};
+use runtime::client::{call, discover, request_raw};
+use runtime::settings::Value;
+use runtime::{CancellationToken, Settings};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use testkit::Cluster;
+use tokio::time::Instant;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Notifier {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    outbox: PathBuf,
+}
+
+impl Notifier {
+    async fn start(cluster: &Cluster, outbox: &Path) -> Notifier {
+        let transport = Arc::new(
+            Outbox::new(
+                outbox.to_owned(),
+                "Switchyard <noreply@switchyard.local>".parse().unwrap(),
+            )
+            .unwrap(),
+        );
+        Self::start_with(cluster, outbox, transport).await
+    }
+
+    async fn start_with(
+        cluster: &Cluster,
+        outbox: &Path,
+        transport: Arc<dyn Transport>,
+    ) -> Notifier {
+        let settings = Settings::load_with([
+            ("nats.urls", Value::from(cluster.urls())),
+            ("email.backoff_ms", Value::from(vec![100, 200])),
+            ("email.max_deliver", Value::from(3)),
+        ])
+        .unwrap();
+        runtime::telemetry::init(&settings.log);
+        let before = instances(cluster).await;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(email_notifier::run_with_transport(
+            settings,
+            shutdown.clone(),
+            transport,
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while instances(cluster).await <= before {
+            assert!(Instant::now() < deadline, "email-notifier did not start");
+        }
+        Notifier {
+            shutdown,
+            task,
+            outbox: outbox.to_owned(),
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn instances(cluster: &Cluster) -> usize {
+    let client = cluster.client().await.unwrap();
+    discover::<PingResponse>(
+        &client,
+        Verb::Ping,
+        Some("email-notifier"),
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap()
+    .len()
+}
+
+async fn send(client: &async_nats::Client, body: serde_json::Value) -> EmailAccepted {
+    call(client, subjects::EMAIL_SEND, &body, TIMEOUT)
+        .await
+        .unwrap()
+}
+
+fn eml(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.eml"))
+}
+
+async fn wait_file(path: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !path.is_file() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn eml_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn queue_group_idempotency_parsing_bad_input_and_receipts() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Notifier::start(&cluster, dirs.0.path()).await;
+    let b = Notifier::start(&cluster, dirs.1.path()).await;
+    let client = cluster.client().await.unwrap();
+    let js = jetstream::new(client.clone());
+
+    // 40 requests and 10 plain publishes across the queue group: each mail once.
+    let accepted = join_all((0..40).map(|i| {
+        let client = client.clone();
+        async move { send(&client, json!({"to": format!("user{i}@b.example"), "subject": format!("Hello {i}"), "body": "Hi"})).await }
+    }))
+    .await;
+    assert!(
+        accepted
+            .iter()
+            .all(|a| a.accepted && a.scheduled_for.is_none())
+    );
+    for i in 0..10 {
+        let body = json!({"to": "fire@b.example", "subject": format!("Fire {i}"), "body": "and forget", "idempotency_key": format!("ff-{i}")});
+        client
+            .publish(subjects::EMAIL_SEND, body.to_string().into())
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while eml_count(a.outbox.as_path()) + eml_count(b.outbox.as_path()) < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "sent {} + {}",
+            eml_count(&a.outbox),
+            eml_count(&b.outbox)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (na, nb) = (eml_count(&a.outbox), eml_count(&b.outbox));
+    assert_eq!(na + nb, 50, "each mail sent once");
+    assert!(na > 0 && nb > 0, "both notifiers sent mail: {na} and {nb}");
+    for acc in &accepted {
+        assert!(
+            eml(&a.outbox, &acc.id).is_file() != eml(&b.outbox, &acc.id).is_file(),
+            "{} in exactly one outbox",
+            acc.id
+        );
+    }
+
+    // Outbox files are RFC 5322 mail.
+    let path = [
+        eml(&a.outbox, &accepted[0].id),
+        eml(&b.outbox, &accepted[0].id),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .unwrap();
+    let raw = std::fs::read(&path).unwrap();
+    let parsed = mailparse::parse_mail(&raw).unwrap();
+    use mailparse::MailHeaderMap as _;
+    assert_eq!(
+        parsed.headers.get_first_value("To").as_deref(),
+        Some("user0@b.example")
+    );
+    assert_eq!(
+        parsed.headers.get_first_value("Subject").as_deref(),
+        Some("Hello 0")
+    );
+    assert!(
+        parsed
+            .headers
+            .get_first_value("From")
+            .unwrap()
+            .contains("noreply@switchyard.local")
+    );
+    assert!(parsed.headers.get_first_value("Date").is_some());
+    assert_eq!(
+        parsed.headers.get_first_value("Message-ID"),
+        Some(format!("<{}@switchyard>", accepted[0].id))
+    );
+    assert_eq!(parsed.get_body().unwrap().trim(), "Hi");
+
+    // Idempotency: the same key sends once and answers the same id.
+    let first = send(
+        &client,
+        json!({"to": "k@b.example", "subject": "Once", "body": "x", "idempotency_key": "order-42"}),
+    )
+    .await;
+    let again = send(
+        &client,
+        json!({"to": "k@b.example", "subject": "Once", "body": "x", "idempotency_key": "order-42"}),
+    )
+    .await;
+    assert_eq!(first.id, again.id);
+    wait_file(
+        &if eml(&a.outbox, &first.id).is_file() {
+            eml(&a.outbox, &first.id)
+        } else {
+            eml(&b.outbox, &first.id)
+        },
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // Bad input: typed errors; nothing else lost.
+    for (body, code) in [
+        (
+            r#"{"to":"not an address","subject":"s","body":"b"}"#,
+            ErrorCode::InvalidAddress,
+        ),
+        (
+            r#"{"to":"a@","subject":"s","body":"b"}"#,
+            ErrorCode::InvalidAddress,
+        ),
+        (
+            r#"{"to":"a@b.example","subject":"s""#,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            r#"{"to":"a@b.example","body":"b"}"#,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            r#"{"to":"a@b.example","subject":"s","body":"b","send_at":"soon"}"#,
+            ErrorCode::InvalidRequest,
+        ),
+        ("", ErrorCode::InvalidRequest),
+    ] {
+        let reply = request_raw(
+            &client,
+            subjects::EMAIL_SEND,
+            None,
+            body.to_owned().into(),
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.error().map(|e| e.code), Some(code), "{body}");
+    }
+
+    // sent events: one per mail.
+    let sent: Vec<EmailEvent> = read(&js, "events.email.sent").await;
+    for acc in &accepted {
+        assert_eq!(
+            sent.iter().filter(|e| e.id == acc.id).count(),
+            1,
+            "{}",
+            acc.id
+        );
+    }
+
+    // A receipt for a payment completed while no notifier runs.
+    a.stop().await;
+    b.stop().await;
+    let event = PaymentEvent {
+        payment_id: "pay-rcpt-1".into(),
+        user_id: "user-123".into(),
+        amount: "42.00".into(),
+        currency: "EUR".into(),
+        email: Some("payer@b.example".into()),
+        status: PaymentStatus::Completed,
+        reason: None,
+        at: runtime::time::now_rfc3339(),
+    };
+    let no_email = PaymentEvent {
+        payment_id: "pay-rcpt-2".into(),
+        email: None,
+        ..event.clone()
+    };
+    for (e, id) in [
+        (&event, "pay-rcpt-1.completed"),
+        (&no_email, "pay-rcpt-2.completed"),
+        (&event, "pay-rcpt-1.again"),
+    ] {
+        runtime::js::publish_durable(
+            &js,
+            subjects::EVENT_PAYMENT_COMPLETED,
+            id,
+            None,
+            serde_json::to_vec(e).unwrap().into(),
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+    }
+    let c = Notifier::start(&cluster, dirs.0.path()).await;
+    wait_file(&eml(&c.outbox, "rcpt-pay-rcpt-1"), Duration::from_secs(15)).await;
+    let receipt = std::fs::read_to_string(eml(&c.outbox, "rcpt-pay-rcpt-1")).unwrap();
+    assert!(
+        receipt.contains("42.00 EUR") && receipt.contains("payer@b.example"),
+        "{receipt}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !eml(&c.outbox, "rcpt-pay-rcpt-2").exists(),
+        "no email, no receipt"
+    );
+    let receipts = read::<EmailEvent>(&js, "events.email.sent")
+        .await
+        .into_iter()
+        .filter(|e| e.id == "rcpt-pay-rcpt-1")
+        .count();
+    assert_eq!(receipts, 1, "one receipt per payment");
+    c.stop().await;
+}
+
+/// A transport that fails a given number of times, then delivers.
+#[derive(Debug)]
+struct Flaky {
+    failures_left: AtomicU32,
+    inner: Outbox,
+}
+
+impl Transport for Flaky {
+    fn send<'a>(&'a self, mail: &'a EmailJob) -> BoxFuture<'a, Result<(), String>> {
+        if self
+            .failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Box::pin(async { Err("relay refused (simulated)".to_owned()) });
+        }
+        self.inner.send(mail)
+    }
+}
+
+#[tokio::test]
+async fn scheduled_mail_survives_restarts_and_transport_errors_retry_then_fail() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = cluster.client().await.unwrap();
+    let js = jetstream::new(client.clone());
+    let notifier = Notifier::start(&cluster, dir.path()).await;
+
+    // Scheduled 4 s ahead: not before, and sent although every notifier
+    // was down when its time came.
+    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(4);
+    let accepted = send(&client, json!({"to": "later@b.example", "subject": "Later", "body": "b", "send_at": runtime::time::format_rfc3339(at)})).await;
+    let scheduled = accepted.scheduled_for.clone().expect("scheduled_for");
+    assert!(scheduled.ends_with('Z'));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !eml(dir.path(), &accepted.id).exists(),
+        "sent before its time"
+    );
+    notifier.stop().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!eml(dir.path(), &accepted.id).exists());
+    let notifier = Notifier::start(&cluster, dir.path()).await;
+    wait_file(&eml(dir.path(), &accepted.id), Duration::from_secs(15)).await;
+    let sent_at = std::fs::metadata(eml(dir.path(), &accepted.id))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let due = std::time::SystemTime::UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(at.unix_timestamp()).unwrap());
+    assert!(sent_at >= due, "written before send_at");
+    notifier.stop().await;
+
+    // Transport errors: retried with backoff, then delivered.
+    let flaky = Arc::new(Flaky {
+        failures_left: AtomicU32::new(2),
+        inner: Outbox::new(dir.path().to_owned(), "x@y.example".parse().unwrap()).unwrap(),
+    });
+    let notifier = Notifier::start_with(&cluster, dir.path(), flaky.clone()).await;
+    let ok = send(
+        &client,
+        json!({"to": "retry@b.example", "subject": "Retry", "body": "b"}),
+    )
+    .await;
+    wait_file(&eml(dir.path(), &ok.id), Duration::from_secs(10)).await;
+    // ... and a mail whose every delivery fails ends as events.email.failed.
+    flaky.failures_left.store(100, Ordering::SeqCst);
+    let doomed = send(
+        &client,
+        json!({"to": "never@b.example", "subject": "Never", "body": "b"}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let failed = loop {
+        let failed: Vec<EmailEvent> = read(&js, "events.email.failed").await;
+        if let Some(e) = failed.into_iter().find(|e| e.id == doomed.id) {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no events.email.failed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("relay refused")),
+        "{failed:?}"
+    );
+    assert!(!eml(dir.path(), &doomed.id).exists());
+    notifier.stop().await;
+}
+
+async fn read<T: serde::de::DeserializeOwned>(js: &jetstream::Context, subject: &str) -> Vec<T> {
+    use futures::StreamExt as _;
+    let stream = js.get_stream("EVENTS").await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subject.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(1), messages.next()).await
+    {
+        let pending = m.info().unwrap().pending;
+        out.push(serde_json::from_slice(&m.payload).unwrap());
+        if pending == 0 {
+            break;
+        }
+    }
+    out
+}
