@@ -1,5 +1,7 @@
 //! The `switchyard` command. Each subcommand lives in its own module.
 
+mod email;
+mod logs;
 mod math;
 mod pay;
 mod schemas;
@@ -40,6 +42,10 @@ enum Command {
     Nats(up::NatsArgs),
     /// Call the math service: `switchyard math add 2 3`.
     Math(math::MathArgs),
+    /// Mail: `switchyard email send --to .. --subject .. --body .. [--at ..]`.
+    Email(email::EmailArgs),
+    /// Logs: `switchyard logs tail [--service] [--level]`, `logs stats`, `logs query`.
+    Logs(logs::LogsArgs),
     /// Payments: `switchyard pay <user> <amount>`, `pay status|dlq|replay`.
     Pay(pay::PayArgs),
     /// List the running services from `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS`.
@@ -65,6 +71,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Up(args) => up::up(args).await,
         Command::Nats(args) => up::nats_only(args).await,
         Command::Math(args) => math::run(&cli.servers, cli.timeout, args).await,
+        Command::Email(args) => email::run(&cli.servers, cli.timeout, args).await,
+        Command::Logs(args) => logs::run(&cli.servers, cli.timeout, args).await,
         Command::Pay(args) => pay::run(&cli.servers, cli.timeout, args).await,
         Command::Status(args) => status::run(&cli.servers, cli.timeout, args).await,
         Command::Maintenance { state } => maintenance(&cli.servers, state).await,

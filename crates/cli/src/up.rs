@@ -110,6 +110,8 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
             command
                 .env("SWITCHYARD__NATS__URLS", urls.join(","))
                 .env("SWITCHYARD__LOG__FORMAT", "compact")
+                // Every service's own logs also go to LOGS (log-worker files them).
+                .env("SWITCHYARD__LOG__SHIP", "true")
                 .env("NO_COLOR", "1");
             tokio::spawn(supervise(
                 (*name).to_owned(),

@@ -7,6 +7,7 @@
 
 pub mod email;
 pub mod error;
+pub mod logs;
 pub mod math;
 pub mod micro;
 pub mod names;

@@ -68,6 +68,8 @@ pub mod buckets {
     pub const CONFIG: &str = "config";
     pub const PAYMENTS: &str = "payments";
     pub const REGISTRY: &str = "registry";
+    /// Cluster-wide log-worker counters (key `totals`).
+    pub const LOG_STATS: &str = "log-stats";
 }
 
 /// Well-known KV keys.

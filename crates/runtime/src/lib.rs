@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod js;
+pub mod logship;
 pub mod maintenance;
 pub mod micro;
 pub mod nats;
@@ -36,7 +37,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let settings = Settings::load()?;
-    telemetry::init(&settings.log);
+    telemetry::init_for(&settings.log, Some(service));
     let shutdown = shutdown::on_signal();
     tracing::info!(service, version = env!("CARGO_PKG_VERSION"), urls = ?settings.nats.urls, "starting");
     let result = run(settings, shutdown).await;
@@ -73,6 +74,7 @@ impl App {
             return Ok(None);
         };
         let jetstream = jetstream::new(connection.client.clone());
+        logship::attach(&connection.client);
         let replicas = nats::effective_replicas(&connection.client, settings.jetstream.replicas);
         let background = CancellationToken::new();
         let (maintenance, _task) = maintenance::watch(

@@ -34,13 +34,15 @@ type Handler = Arc<dyn Fn(Bytes) -> BoxFuture<'static, Result<Bytes, ServiceErro
 /// Decodes a JSON object request body, mapping every failure to
 /// `invalid_request` with a message that says what was wrong. (serde would
 /// also accept a JSON array for a struct; every request of the contract is an
-/// object, so anything else is refused.)
+/// object, so anything else is refused.) An empty body counts as `{}`, so
+/// requests without required fields need no body.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServiceError> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        // An endpoint whose request has no required field takes no body.
         None => {
-            return Err(ServiceError::invalid_request(
-                "empty request body: expected a JSON object",
-            ));
+            return serde_json::from_slice(b"{}").map_err(|_| {
+                ServiceError::invalid_request("empty request body: expected a JSON object")
+            });
         }
         Some(b'{') => {}
         Some(_) if serde_json::from_slice::<serde_json::Value>(body).is_ok() => {
@@ -520,6 +522,17 @@ async fn discovery_loop(
 mod tests {
     use super::*;
     use protocol::math::OperandsRequest;
+
+    #[test]
+    fn an_empty_body_is_an_empty_object_where_that_is_valid() {
+        #[derive(serde::Deserialize)]
+        struct NoFields {
+            #[serde(default)]
+            _x: Option<u8>,
+        }
+        assert!(decode::<NoFields>(b"").is_ok());
+        assert!(decode::<NoFields>(b"  ").is_ok());
+    }
 
     #[test]
     fn decode_classifies_failures() {

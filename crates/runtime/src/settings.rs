@@ -120,6 +120,10 @@ pub struct LogSettings {
     /// `RUST_LOG`, when set, wins.
     pub level: String,
     pub format: LogFormat,
+    /// Also publish this service's own logs to `logs.<service>.<level>`.
+    pub ship: bool,
+    /// Least severe level shipped (trace, debug, info, warn, error).
+    pub ship_level: String,
 }
 
 impl Default for LogSettings {
@@ -127,6 +131,8 @@ impl Default for LogSettings {
         Self {
             level: "info,async_nats=warn".to_owned(),
             format: LogFormat::default(),
+            ship: false,
+            ship_level: "info".to_owned(),
         }
     }
 }

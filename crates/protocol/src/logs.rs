@@ -1,0 +1,97 @@
+//! `log-worker` messages.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Published on `logs.<service>.<level>` (or `logs.process`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LogRecord {
+    /// RFC 3339 time of the event.
+    pub ts: String,
+    /// 1 to 64 characters of `A-Z a-z 0-9 _ -` (it names the log file).
+    pub service: String,
+    /// trace, debug, info, warn or error.
+    pub level: String,
+    pub message: String,
+    /// Any JSON object.
+    #[serde(default)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Whether `service` can name a log file and a subject token.
+pub fn valid_service(service: &str) -> bool {
+    (1..=64).contains(&service.len())
+        && service
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A stored record: the record plus its `LOGS` stream sequence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LogEntry {
+    #[serde(flatten)]
+    pub record: LogRecord,
+    pub seq: u64,
+}
+
+/// `services.logs.stats` reply: cluster-wide counts of written records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LogStats {
+    pub processed: u64,
+    pub by_level: BTreeMap<String, u64>,
+    pub by_service: BTreeMap<String, u64>,
+    /// Messages that were not valid records (kept in `_rejected.jsonl`).
+    #[serde(default)]
+    pub rejected: u64,
+}
+
+/// `services.logs.query` request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LogQuery {
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub level: Option<String>,
+    /// RFC 3339: records stored at or after this time.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// The most recent `limit` matches (1 to 1000; default 100).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `services.logs.query` reply, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LogQueryReply {
+    pub entries: Vec<LogEntry>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn record_round_trip_and_default_fields() {
+        let r: LogRecord = serde_json::from_value(
+            json!({"ts": "t", "service": "math", "level": "info", "message": "m"}),
+        )
+        .unwrap();
+        assert!(r.fields.is_empty());
+        let entry = LogEntry { record: r, seq: 7 };
+        let v = serde_json::to_value(&entry).unwrap();
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["service"], "math");
+        assert_eq!(serde_json::from_value::<LogEntry>(v).unwrap(), entry);
+    }
+
+    #[test]
+    fn services() {
+        assert!(valid_service("math-service_1"));
+        assert!(!valid_service(""));
+        assert!(!valid_service("../etc"));
+        assert!(!valid_service("a.b"));
+        assert!(!valid_service(&"x".repeat(65)));
+    }
+}

@@ -1,0 +1,225 @@
+//! Ships this process's own tracing events to `logs.<service>.<level>`
+//! (optional: `log.ship = true`).
+//!
+//! - Never blocks the service: events go into a bounded channel with
+//!   `try_send`; when it is full they are dropped and counted, and the
+//!   count is reported (locally) every few seconds.
+//! - Never ships recursively: events from `async_nats`, from this module,
+//!   and from code running inside [`unshipped`] (the shipper itself, and a
+//!   log worker's write path) stay local.
+//! - Records queue up before the connection exists and go out once
+//!   [`attach`] gets a client.
+
+use async_nats::Client;
+use protocol::logs::LogRecord;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+
+/// Records waiting to be published.
+pub const CAPACITY: usize = 4096;
+
+tokio::task_local! {
+    static UNSHIPPED: ();
+}
+
+/// Runs `fut` with its events kept local (not shipped).
+pub async fn unshipped<F: Future>(fut: F) -> F::Output {
+    UNSHIPPED.scope((), fut).await
+}
+
+#[derive(Debug)]
+struct Shipped {
+    level: &'static str,
+    body: Vec<u8>,
+}
+
+/// The tracing layer.
+#[derive(Debug)]
+pub struct ShipLayer {
+    service: String,
+    tx: mpsc::Sender<Shipped>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// The other end: publishes what the layer queued.
+#[derive(Debug)]
+pub struct Shipper {
+    service: String,
+    rx: mpsc::Receiver<Shipped>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// A layer for `service` and its shipper, with room for `capacity` records.
+pub fn layer(service: &str, capacity: usize) -> (ShipLayer, Shipper) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let dropped = Arc::new(AtomicU64::new(0));
+    (
+        ShipLayer {
+            service: service.to_owned(),
+            tx,
+            dropped: dropped.clone(),
+        },
+        Shipper {
+            service: service.to_owned(),
+            rx,
+            dropped,
+        },
+    )
+}
+
+static PENDING: OnceLock<Mutex<Option<Shipper>>> = OnceLock::new();
+
+/// Keeps the shipper made at telemetry init until a client exists.
+pub(crate) fn park(shipper: Shipper) {
+    let slot = PENDING.get_or_init(|| Mutex::new(None));
+    if let Ok(mut slot) = slot.lock() {
+        *slot = Some(shipper);
+    }
+}
+
+/// Starts shipping over `client`, if shipping was set up.
+pub fn attach(client: &Client) {
+    let shipper = PENDING.get().and_then(|slot| slot.lock().ok()?.take());
+    if let Some(shipper) = shipper {
+        tokio::spawn(unshipped(shipper.run(client.clone())));
+    }
+}
+
+impl ShipLayer {
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl<S: Subscriber> Layer<S> for ShipLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        let target = meta.target();
+        if target.starts_with("async_nats")
+            || target == module_path!()
+            || UNSHIPPED.try_with(|_| ()).is_ok()
+        {
+            return;
+        }
+        let level = match *meta.level() {
+            Level::TRACE => "trace",
+            Level::DEBUG => "debug",
+            Level::INFO => "info",
+            Level::WARN => "warn",
+            Level::ERROR => "error",
+        };
+        let mut visitor = Fields::default();
+        event.record(&mut visitor);
+        visitor.fields.insert("target".into(), target.into());
+        let record = LogRecord {
+            ts: crate::time::now_rfc3339(),
+            service: self.service.clone(),
+            level: level.to_owned(),
+            message: visitor.message,
+            fields: visitor.fields,
+        };
+        let Ok(body) = serde_json::to_vec(&record) else {
+            return;
+        };
+        if self.tx.try_send(Shipped { level, body }).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_owned();
+        } else {
+            self.fields.insert(field.name().into(), value.into());
+        }
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.fields.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.fields.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.fields.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.fields.insert(field.name().into(), value.into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.message = text;
+        } else {
+            self.fields.insert(field.name().into(), text.into());
+        }
+    }
+}
+
+impl Shipper {
+    async fn run(mut self, client: Client) {
+        let mut reported = 0;
+        let mut report = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                shipped = self.rx.recv() => {
+                    let Some(Shipped { level, body }) = shipped else { return };
+                    let subject = format!("logs.{}.{level}", self.service);
+                    if client.publish(subject, body.into()).await.is_err() {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                _ = report.tick() => {
+                    let dropped = self.dropped.load(Ordering::Relaxed);
+                    if dropped > reported {
+                        tracing::warn!(dropped, new = dropped - reported, "log shipping dropped records (buffer full or NATS unreachable)");
+                        reported = dropped;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::prelude::*;
+
+    #[tokio::test]
+    async fn never_blocks_counts_drops_and_skips_its_own() {
+        let (layer, mut shipper) = layer("svc", 3);
+        let dropped = layer.dropped.clone();
+        let subscriber = tracing_subscriber::registry().with(layer);
+        let _guard = tracing::subscriber::set_default(subscriber);
+        for i in 0..10 {
+            tracing::info!(i, "hello");
+        }
+        tracing::warn!(target: "async_nats::connector", "not shipped");
+        unshipped(async { tracing::error!("not shipped either") }).await;
+        assert_eq!(dropped.load(Ordering::Relaxed), 7);
+        let first = shipper.rx.try_recv().unwrap();
+        assert_eq!(first.level, "info");
+        let record: LogRecord = serde_json::from_slice(&first.body).unwrap();
+        assert_eq!(
+            (record.service.as_str(), record.message.as_str()),
+            ("svc", "hello")
+        );
+        assert_eq!(record.fields["i"], 0);
+        shipper.rx.try_recv().unwrap();
+        shipper.rx.try_recv().unwrap();
+        assert!(shipper.rx.try_recv().is_err(), "nothing else queued");
+    }
+}

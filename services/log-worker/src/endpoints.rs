@@ -1,0 +1,211 @@
+//! `services.logs.stats` and `services.logs.query`.
+
+use crate::records::{self, Line};
+use crate::stats::Stats;
+use async_nats::jetstream::{consumer, stream};
+use futures::StreamExt as _;
+use protocol::logs::{LogEntry, LogQuery, LogQueryReply, LogStats, valid_service};
+use protocol::subjects::{self, LOG_LEVELS};
+use protocol::{ErrorCode, ServiceError};
+use runtime::{App, ServiceBuilder};
+use std::collections::VecDeque;
+use std::time::Duration;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+/// `services.logs.stats` takes no fields.
+#[derive(Debug, serde::Deserialize)]
+struct NoInput {}
+
+pub(crate) fn service(app: &App, stats: Stats, stream: stream::Stream) -> ServiceBuilder {
+    app.service(crate::VERSION, crate::DESCRIPTION)
+        .endpoint("stats", subjects::LOGS_STATS, move |_: NoInput| {
+            let stats = stats.clone();
+            async move { read_stats(&stats).await }
+        })
+        .endpoint("query", subjects::LOGS_QUERY, move |query: LogQuery| {
+            let stream = stream.clone();
+            async move { run_query(&stream, query).await }
+        })
+}
+
+async fn read_stats(stats: &Stats) -> Result<LogStats, ServiceError> {
+    stats.read().await.map_err(|e| {
+        ServiceError::new(
+            ErrorCode::Unavailable,
+            format!("log stats unavailable: {e:#}"),
+        )
+    })
+}
+
+/// The checked query: stream filter, body filters, start, limit.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Plan {
+    pub(crate) filters: Vec<String>,
+    pub(crate) service: Option<String>,
+    pub(crate) level: Option<String>,
+    pub(crate) since: Option<OffsetDateTime>,
+    pub(crate) limit: usize,
+}
+
+pub(crate) fn plan(query: LogQuery) -> Result<Plan, ServiceError> {
+    if let Some(service) = &query.service
+        && !valid_service(service)
+    {
+        return Err(ServiceError::invalid_request(format!(
+            "service {service:?} must be 1 to 64 characters of A-Z a-z 0-9 _ -"
+        )));
+    }
+    if let Some(level) = &query.level
+        && !LOG_LEVELS.contains(&level.as_str())
+    {
+        return Err(ServiceError::invalid_request(format!(
+            "unknown level {level:?}: expected one of {}",
+            LOG_LEVELS.join(", ")
+        )));
+    }
+    let since = match &query.since {
+        Some(raw) => Some(OffsetDateTime::parse(raw, &Rfc3339).map_err(|e| {
+            ServiceError::invalid_request(format!("since {raw:?} is not an RFC 3339 time: {e}"))
+        })?),
+        None => None,
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ServiceError::invalid_request(format!(
+            "limit must be 1 to {MAX_LIMIT}, not {limit}"
+        )));
+    }
+    let filters = match (&query.service, &query.level) {
+        (None, None) => vec![subjects::LOGS_ALL.to_owned()],
+        (service, level) => vec![
+            format!(
+                "logs.{}.{}",
+                service.as_deref().unwrap_or("*"),
+                level.as_deref().unwrap_or("*")
+            ),
+            // logs.process records are filtered by their body below.
+            subjects::LOGS_PROCESS.to_owned(),
+        ],
+    };
+    Ok(Plan {
+        filters,
+        service: query.service,
+        level: query.level,
+        since,
+        limit,
+    })
+}
+
+async fn run_query(
+    stream: &stream::Stream,
+    query: LogQuery,
+) -> Result<LogQueryReply, ServiceError> {
+    let plan = plan(query)?;
+    let unavailable =
+        |e: String| ServiceError::new(ErrorCode::Unavailable, format!("reading LOGS: {e}"));
+    let mut config = consumer::pull::OrderedConfig {
+        ..Default::default()
+    };
+    if plan.filters.len() == 1 {
+        config.filter_subject = plan.filters[0].clone();
+    } else {
+        config.filter_subjects = plan.filters.clone();
+    }
+    if let Some(since) = plan.since {
+        config.deliver_policy = consumer::DeliverPolicy::ByStartTime { start_time: since };
+    }
+    let mut reader = stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let mut entries: VecDeque<LogEntry> = VecDeque::with_capacity(plan.limit);
+    if reader
+        .info()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .num_pending
+        == 0
+    {
+        return Ok(LogQueryReply {
+            entries: Vec::new(),
+        });
+    }
+    let mut messages = reader
+        .messages()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_secs(2), messages.next()).await
+    {
+        let Ok(info) = message.info() else { break };
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        if let Line::Record { record, .. } =
+            records::line_for(&message.subject, seq, &message.payload)
+            && plan.service.as_ref().is_none_or(|s| *s == record.service)
+            && plan.level.as_ref().is_none_or(|l| *l == record.level)
+        {
+            if entries.len() == plan.limit {
+                entries.pop_front();
+            }
+            entries.push_back(LogEntry { record, seq });
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(LogQueryReply {
+        entries: entries.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans() {
+        let p = plan(LogQuery::default()).unwrap();
+        assert_eq!((p.filters, p.limit), (vec!["logs.>".to_owned()], 100));
+        let p = plan(LogQuery {
+            service: Some("math".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(p.filters, ["logs.math.*", "logs.process"]);
+        let p = plan(LogQuery {
+            level: Some("warn".into()),
+            limit: Some(5),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((p.filters[0].as_str(), p.limit), ("logs.*.warn", 5));
+        for bad in [
+            LogQuery {
+                level: Some("loud".into()),
+                ..Default::default()
+            },
+            LogQuery {
+                service: Some("a.b".into()),
+                ..Default::default()
+            },
+            LogQuery {
+                since: Some("yesterday".into()),
+                ..Default::default()
+            },
+            LogQuery {
+                limit: Some(0),
+                ..Default::default()
+            },
+            LogQuery {
+                limit: Some(1001),
+                ..Default::default()
+            },
+        ] {
+            assert_eq!(plan(bad).unwrap_err().code, ErrorCode::InvalidRequest);
+        }
+    }
+}
