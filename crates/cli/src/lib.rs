@@ -6,6 +6,7 @@ mod math;
 mod pay;
 mod schemas;
 mod status;
+mod stocks;
 mod up;
 
 use anyhow::Context as _;
@@ -48,6 +49,8 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Payments: `switchyard pay <user> <amount>`, `pay status|dlq|replay`.
     Pay(pay::PayArgs),
+    /// Market data: `switchyard stocks watch [SYMBOL..]`, `stocks history SYMBOL`.
+    Stocks(stocks::StocksArgs),
     /// List the running services from `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS`.
     Status(status::StatusArgs),
     /// Turn site-wide maintenance mode on or off, or show it.
@@ -74,6 +77,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Email(args) => email::run(&cli.servers, cli.timeout, args).await,
         Command::Logs(args) => logs::run(&cli.servers, cli.timeout, args).await,
         Command::Pay(args) => pay::run(&cli.servers, cli.timeout, args).await,
+        Command::Stocks(args) => stocks::run(&cli.servers, cli.timeout, args).await,
         Command::Status(args) => status::run(&cli.servers, cli.timeout, args).await,
         Command::Maintenance { state } => maintenance(&cli.servers, state).await,
         Command::Schemas(args) => schemas::run(args),

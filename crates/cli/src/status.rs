@@ -2,6 +2,7 @@
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use protocol::micro::{InfoResponse, PingResponse, StatsResponse, Verb};
+use protocol::registry::ListReply;
 use runtime::client::discover;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -31,13 +32,21 @@ pub(crate) async fn run(
     args: StatusArgs,
 ) -> anyhow::Result<()> {
     let (settings, client) = crate::connect(servers).await?;
+    let registered: Option<ListReply> = runtime::client::call(
+        &client,
+        protocol::subjects::REGISTRY_LIST,
+        &serde_json::json!({}),
+        args.wait.max(Duration::from_secs(1)),
+    )
+    .await
+    .ok();
     let (pings, infos, stats) = tokio::try_join!(
         discover::<PingResponse>(&client, Verb::Ping, None, args.wait),
         discover::<InfoResponse>(&client, Verb::Info, None, args.wait),
         discover::<StatsResponse>(&client, Verb::Stats, None, args.wait),
     )?;
     if args.json {
-        let all = serde_json::json!({"ping": pings, "info": infos, "stats": stats});
+        let all = serde_json::json!({"ping": pings, "info": infos, "stats": stats, "registry": registered});
         crate::say(format_args!("{}", serde_json::to_string_pretty(&all)?));
         return Ok(());
     }

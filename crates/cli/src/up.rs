@@ -40,6 +40,9 @@ pub(crate) struct NatsArgs {
 pub(crate) struct UpArgs {
     #[command(flatten)]
     nats: NatsArgs,
+    /// Port of the registry's Prometheus /metrics.
+    #[arg(long, default_value_t = 9464)]
+    metrics_port: u16,
     /// Start only these services (default: every service binary found).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -92,6 +95,9 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
         bin_dir.display()
     );
 
+    if wanted.iter().any(|(name, _)| *name == services::REGISTRY) {
+        ensure_free(args.metrics_port)?;
+    }
     let mut cluster = start_cluster(&args.nats).await?;
     let urls = cluster.urls();
     let logs = args.nats.dir.join("logs");
@@ -112,6 +118,10 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
                 .env("SWITCHYARD__LOG__FORMAT", "compact")
                 // Every service's own logs also go to LOGS (log-worker files them).
                 .env("SWITCHYARD__LOG__SHIP", "true")
+                .env(
+                    "SWITCHYARD__REGISTRY__METRICS_ADDR",
+                    format!("127.0.0.1:{}", args.metrics_port),
+                )
                 .env("NO_COLOR", "1");
             tokio::spawn(supervise(
                 (*name).to_owned(),
@@ -128,9 +138,10 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
         _ = shutdown.cancelled() => {}
         ready = wait_ready(&urls, &names) => match ready {
             Ok(()) => crate::say(format_args!(
-                "switchyard ready: NATS {} (monitoring http://127.0.0.1:{}) · services: {} · logs: {} · try `switchyard math add 2 3` · Ctrl-C stops everything",
+                "switchyard ready: NATS {} (monitoring http://127.0.0.1:{}, metrics http://127.0.0.1:{}/metrics) · services: {} · logs: {} · try `switchyard math add 2 3` · Ctrl-C stops everything",
                 urls.join(","),
                 args.nats.http_port,
+                args.metrics_port,
                 names.iter().cloned().collect::<Vec<_>>().join(", "),
                 logs.display()
             )),
@@ -162,12 +173,7 @@ async fn start_cluster(args: &NatsArgs) -> anyhow::Result<Cluster> {
         ports(args.http_port)?,
     );
     for port in client.iter().chain(&routes).chain(&http) {
-        if TcpListener::bind(("127.0.0.1", *port)).is_err() {
-            anyhow::bail!(
-                "port {port} is already in use: stop what holds it (another `switchyard up`, a nats-server?) \
-                 or pick other ports with --port/--cluster-port/--http-port"
-            );
-        }
+        ensure_free(*port)?;
     }
     let dir = args.dir.join("nats");
     tracing::info!(dir = %dir.display(), "starting 3 NATS nodes");
@@ -181,6 +187,16 @@ async fn start_cluster(args: &NatsArgs) -> anyhow::Result<Cluster> {
         ready_timeout: Duration::from_secs(30),
     })
     .await
+}
+
+fn ensure_free(port: u16) -> anyhow::Result<()> {
+    if TcpListener::bind(("127.0.0.1", port)).is_err() {
+        anyhow::bail!(
+            "port {port} is already in use: stop what holds it (another `switchyard up`, a nats-server?) \
+             or pick other ports with --port/--cluster-port/--http-port/--metrics-port"
+        );
+    }
+    Ok(())
 }
 
 /// Waits until every named service answers `$SRV.PING`.

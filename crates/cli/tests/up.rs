@@ -20,14 +20,14 @@ use std::time::{Duration, Instant};
 
 const SWITCHYARD: &str = env!("CARGO_BIN_EXE_switchyard");
 
-/// A base port with `base..base+3` free in each of three ranges.
-fn free_bases() -> (u16, u16, u16) {
+/// A base port with `base..base+3` free in each of four ranges.
+fn free_bases() -> (u16, u16, u16, u16) {
     let free = |base: u16| (0..3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
     let seed = u16::try_from(std::process::id() % 1000).unwrap();
     for attempt in 0..200u16 {
-        let base = 20_000 + ((seed + attempt * 37) % 1000) * 30;
-        if free(base) && free(base + 10) && free(base + 20) {
-            return (base, base + 10, base + 20);
+        let base = 20_000 + ((seed + attempt * 37) % 1000) * 40;
+        if free(base) && free(base + 10) && free(base + 20) && free(base + 30) {
+            return (base, base + 10, base + 20, base + 30);
         }
     }
     panic!("no free ports");
@@ -62,13 +62,14 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
     );
     let dir = tempfile::tempdir().unwrap();
     let state: PathBuf = dir.path().join("state");
-    let (port, cluster_port, http_port) = free_bases();
+    let (port, cluster_port, http_port, metrics_port) = free_bases();
     let mut up = Command::new(SWITCHYARD)
         .args(["up", "--dir"])
         .arg(&state)
         .args(["--port", &port.to_string()])
         .args(["--cluster-port", &cluster_port.to_string()])
         .args(["--http-port", &http_port.to_string()])
+        .args(["--metrics-port", &metrics_port.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -169,6 +170,48 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
             "math-service was not restarted: {out:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Every service registered itself with the registry, healthy.
+    let started: Vec<&str> = [
+        "registry",
+        "math",
+        "email-notifier",
+        "payment-processor",
+        "log-worker",
+        "stock-ticker",
+    ]
+    .into_iter()
+    .filter(|s| ready.contains(s))
+    .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new(SWITCHYARD)
+            .args(["status", "--json", "--servers", &servers])
+            .output()
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let registered = &status["registry"]["services"];
+        if started
+            .iter()
+            .all(|s| registered[*s].as_u64().unwrap_or(0) >= 1)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all of {started:?} registered: {registered}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    if started.contains(&"registry") {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        use std::io::{Read as _, Write as _};
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut metrics = String::new();
+        conn.read_to_string(&mut metrics).unwrap();
+        assert!(metrics.contains("switchyard_requests_total"), "{metrics}");
     }
 
     // A payment through the whole stack.

@@ -12,7 +12,9 @@ pub mod math;
 pub mod micro;
 pub mod names;
 pub mod payment;
+pub mod registry;
 pub mod schema;
+pub mod stocks;
 pub mod subjects;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, ServiceError};

@@ -39,6 +39,8 @@ pub mod queue_groups {
     /// The NATS micro protocol's default queue group, which `math` uses.
     pub const MICRO_DEFAULT: &str = "q";
     pub const EMAIL_NOTIFIER: &str = "email-notifier";
+    /// Registry instances share the reaper's work through it.
+    pub const REGISTRY: &str = "registry";
     /// Payment processors share MAX_DELIVERIES advisories through it.
     pub const PAYMENT_PROCESSOR: &str = "payment-processor";
 }
@@ -68,6 +70,8 @@ pub mod buckets {
     pub const CONFIG: &str = "config";
     pub const PAYMENTS: &str = "payments";
     pub const REGISTRY: &str = "registry";
+    /// The stock-ticker leader lease (key `leader`, entries expire after the TTL).
+    pub const STOCKS_LEASE: &str = "stock-ticker-lease";
     /// Cluster-wide log-worker counters (key `totals`).
     pub const LOG_STATS: &str = "log-stats";
 }

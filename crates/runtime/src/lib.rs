@@ -12,6 +12,7 @@ pub mod logship;
 pub mod maintenance;
 pub mod micro;
 pub mod nats;
+pub mod registration;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
@@ -117,12 +118,18 @@ impl App {
     /// A micro service named after this app, wired to the settings' limits
     /// and the maintenance flag.
     pub fn service(&self, version: &str, description: &str) -> ServiceBuilder {
-        ServiceBuilder::new(self.client().clone(), &self.name, version)
+        let builder = ServiceBuilder::new(self.client().clone(), &self.name, version)
             .description(description)
             .metadata(self.settings.service.metadata.clone())
             .max_payload(self.settings.service.max_payload)
             .max_in_flight(self.settings.service.max_in_flight)
-            .maintenance(self.maintenance())
+            .maintenance(self.maintenance());
+        let registry = self.settings.service.registry.clone();
+        if registry.enabled {
+            builder.register(registry)
+        } else {
+            builder
+        }
     }
 
     /// Waits for shutdown, then stops the services (finishing in-flight

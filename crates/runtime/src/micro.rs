@@ -29,7 +29,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-type Handler = Arc<dyn Fn(Bytes) -> BoxFuture<'static, Result<Bytes, ServiceError>> + Send + Sync>;
+type Handler =
+    Arc<dyn Fn(String, Bytes) -> BoxFuture<'static, Result<Bytes, ServiceError>> + Send + Sync>;
 
 /// Decodes a JSON object request body, mapping every failure to
 /// `invalid_request` with a message that says what was wrong. (serde would
@@ -81,6 +82,7 @@ pub struct ServiceBuilder {
     max_in_flight: usize,
     maintenance: Option<watch::Receiver<bool>>,
     endpoints: Vec<EndpointDef>,
+    registration: Option<crate::registration::RegistrationSettings>,
 }
 
 impl std::fmt::Debug for ServiceBuilder {
@@ -107,6 +109,7 @@ impl ServiceBuilder {
             max_in_flight: defaults.max_in_flight,
             maintenance: None,
             endpoints: Vec::new(),
+            registration: None,
         }
     }
 
@@ -146,7 +149,7 @@ impl ServiceBuilder {
 
     /// Adds an endpoint: JSON in, JSON out, errors as the contract says.
     pub fn endpoint<Req, Resp, F, Fut>(
-        mut self,
+        self,
         name: impl Into<String>,
         subject: impl Into<String>,
         handler: F,
@@ -157,12 +160,31 @@ impl ServiceBuilder {
         F: Fn(Req) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, ServiceError>> + Send + 'static,
     {
+        self.endpoint_with_subject(name, subject, move |_subject: String, req: Req| {
+            handler(req)
+        })
+    }
+
+    /// Like [`endpoint`](Self::endpoint), and the handler also gets the
+    /// subject the request came on (for wildcard endpoints).
+    pub fn endpoint_with_subject<Req, Resp, F, Fut>(
+        mut self,
+        name: impl Into<String>,
+        subject: impl Into<String>,
+        handler: F,
+    ) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + 'static,
+        F: Fn(String, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, ServiceError>> + Send + 'static,
+    {
         let handler = Arc::new(handler);
-        let erased: Handler = Arc::new(move |body: Bytes| {
+        let erased: Handler = Arc::new(move |subject: String, body: Bytes| {
             let handler = handler.clone();
             async move {
                 let request: Req = decode(&body)?;
-                let response = handler(request).await?;
+                let response = handler(subject, request).await?;
                 serde_json::to_vec(&response)
                     .map(Bytes::from)
                     .map_err(|err| ServiceError::internal(format!("encoding the reply: {err}")))
@@ -175,6 +197,12 @@ impl ServiceBuilder {
             queue_group: self.queue_group.clone(),
             handler: erased,
         });
+        self
+    }
+
+    /// Registers the service with the registry and heartbeats while it runs.
+    pub fn register(mut self, settings: crate::registration::RegistrationSettings) -> Self {
+        self.registration = Some(settings);
         self
     }
 
@@ -258,6 +286,9 @@ impl ServiceBuilder {
                 verbs.push(sub.map(move |msg| (verb, msg)).boxed());
             }
         }
+        let registration = self.registration.map(|settings| {
+            crate::registration::Registration::start(self.client.clone(), &info, settings)
+        });
         let discovery = tokio::spawn(discovery_loop(
             futures::stream::select_all(verbs),
             self.client.clone(),
@@ -282,6 +313,7 @@ impl ServiceBuilder {
             tracker,
             loops,
             discovery,
+            registration,
         })
     }
 }
@@ -295,6 +327,7 @@ pub struct Service {
     tracker: TaskTracker,
     loops: Vec<JoinHandle<()>>,
     discovery: JoinHandle<()>,
+    registration: Option<crate::registration::Registration>,
 }
 
 impl Service {
@@ -313,6 +346,10 @@ impl Service {
     /// discovery. Returns false if the grace period ran out.
     pub async fn shutdown(self, grace: Duration) -> bool {
         let deadline = Instant::now() + grace;
+        // Leave the registry first, so nobody is sent here any more.
+        if let Some(registration) = self.registration {
+            registration.deregister().await;
+        }
         self.stop.cancel();
         for handle in self.loops {
             let abort = handle.abort_handle();
@@ -398,7 +435,8 @@ async fn handle(ctx: &EndpointCtx, message: Message) {
         ))
     } else {
         let payload = message.payload.clone();
-        AssertUnwindSafe(async { (ctx.handler)(payload).await })
+        let subject = message.subject.to_string();
+        AssertUnwindSafe(async { (ctx.handler)(subject, payload).await })
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {

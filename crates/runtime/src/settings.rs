@@ -148,6 +148,8 @@ pub struct ServiceSettings {
     pub shutdown_grace_ms: u64,
     /// Extra metadata published in `$SRV.INFO` (e.g. `zone = "a"`).
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// Registering with the registry (`service.registry.enabled`, `.ttl_s`).
+    pub registry: crate::registration::RegistrationSettings,
 }
 
 impl Default for ServiceSettings {
@@ -157,6 +159,7 @@ impl Default for ServiceSettings {
             max_in_flight: 1024,
             shutdown_grace_ms: 10_000,
             metadata: Default::default(),
+            registry: Default::default(),
         }
     }
 }
