@@ -22,6 +22,9 @@ setup:
         "{{venv}}/bin/pip" install --quiet --disable-pip-version-check -r requirements-dev.txt
         cp requirements-dev.txt "$stamp"
     fi
+    if ! "{{venv}}/bin/python" -c "import switchyard" 2>/dev/null; then
+        "{{venv}}/bin/pip" install --quiet --disable-pip-version-check -e clients/python
+    fi
     "$NATS_SERVER_BIN" --version
 
 # Build every binary (debug; shared with the tests).
@@ -36,10 +39,20 @@ up *ARGS: setup build
 nats *ARGS: setup build
     target/debug/switchyard nats {{ARGS}}
 
-# Format check, clippy -D warnings, then every test against real clusters.
+# Format check, clippy -D warnings, then every test against real clusters
+# (Rust, then the Python client's suite against the built stack).
 test: setup lint
     cargo build --workspace --locked
     cargo test --workspace --locked
+    cd clients/python && {{venv}}/bin/python -m pytest -q
+
+# Only the Python client's tests (needs `just build` first).
+pytest *ARGS: setup build
+    cd clients/python && {{venv}}/bin/python -m pytest {{ARGS}}
+
+# The Python demo against a running `just up`.
+demo *ARGS: setup
+    {{venv}}/bin/python clients/python/demo.py {{ARGS}}
 
 # Format check and clippy with warnings as errors.
 lint:

@@ -21,10 +21,11 @@ pub const CONFIG_FILE_ENV: &str = "SWITCHYARD_CONFIG";
 pub const DEFAULT_CONFIG_FILE: &str = "switchyard.toml";
 /// Settings that are lists; in the environment they are comma-separated.
 /// (The `config` crate must be told which keys are lists.)
-pub const LIST_KEYS: [&str; 4] = [
+pub const LIST_KEYS: [&str; 5] = [
     "nats.urls",
     "payments.currencies",
     "payments.backoff_ms",
+    "email.backoff_ms",
     "stocks.symbols",
 ];
 
@@ -324,6 +325,12 @@ mod tests {
             assert_eq!(s.jetstream.replicas, 1, "env beats file");
             let extra: Extra = s.section("math").unwrap();
             assert_eq!(extra.label, "from-file");
+            #[derive(Debug, Default, Deserialize)]
+            #[serde(default)]
+            struct Email {
+                backoff_ms: Vec<u64>,
+            }
+            assert_eq!(s.section::<Email>("email").unwrap().backoff_ms, [100, 200]);
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -346,6 +353,7 @@ mod tests {
             .env("SWITCHYARD__NATS__PASSWORD", "1234")
             .env("SWITCHYARD__LOG__FORMAT", "json")
             .env("SWITCHYARD__JETSTREAM__REPLICAS", "1")
+            .env("SWITCHYARD__EMAIL__BACKOFF_MS", "100,200")
             .output()
             .unwrap();
         assert!(

@@ -1,0 +1,22 @@
+"""Python client for Switchyard, NATS microservices in Rust."""
+
+from .client import (
+    EmailClient, LogClient, MathClient, PaymentClient, RegistryClient, StocksClient, Switchyard,
+)
+from .errors import (
+    BY_CODE, Conflict, DivisionByZero, DomainError, Internal, InvalidAddress, InvalidRequest, Maintenance,
+    NoResponders, NotFound, Overflow, Rejected, ServiceError, SwitchyardError, Timeout, TooLarge, Unavailable,
+    UnknownOperation,
+)
+from .models import (
+    EmailAccepted, Instance, LogEntry, LogStats, PaymentAck, PaymentStatus, Replay, ServiceInfo, Tick,
+)
+
+__all__ = [
+    "Switchyard", "MathClient", "EmailClient", "PaymentClient", "LogClient", "StocksClient", "RegistryClient",
+    "ServiceError", "SwitchyardError", "NoResponders", "Timeout", "BY_CODE",
+    "InvalidRequest", "UnknownOperation", "InvalidAddress", "NotFound", "Conflict", "TooLarge",
+    "DivisionByZero", "Overflow", "DomainError", "Rejected", "Internal", "Maintenance", "Unavailable",
+    "EmailAccepted", "PaymentAck", "PaymentStatus", "Replay", "LogStats", "LogEntry", "Tick", "Instance",
+    "ServiceInfo",
+]

@@ -1,0 +1,316 @@
+"""The Switchyard client: one connection, one sub-client per service."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import json
+import uuid
+from decimal import Decimal
+from typing import Any, AsyncIterator, Iterable, Optional, Union
+
+import nats
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.js.errors import APIError, NoStreamResponseError
+
+from . import errors as _errors
+from .errors import NoResponders, Timeout
+from .models import (
+    EmailAccepted, Instance, LogEntry, LogStats, PaymentAck, PaymentStatus, Replay, ServiceInfo, Tick, _build,
+)
+
+DEFAULT_SERVERS = ["nats://127.0.0.1:4222"]
+
+# Subjects of the contract (docs/CONTRACT.md).
+MATH_CALCULATE = "services.math.calculate"
+EMAIL_SEND = "services.notification.email-send"
+PAYMENT_PROCESS = "services.payment.payment-process"
+PAYMENT_STATUS = "services.payment.status"
+PAYMENT_REPLAY = "services.payment.replay"
+LOGS_STATS = "services.logs.stats"
+LOGS_QUERY = "services.logs.query"
+STOCKS_SNAPSHOT = "services.stocks.snapshot"
+STOCKS_SYMBOLS = "services.stocks.symbols"
+REGISTRY_REGISTER = "services.registry.register"
+REGISTRY_HEARTBEAT = "services.registry.heartbeat"
+REGISTRY_DEREGISTER = "services.registry.deregister"
+REGISTRY_LIST = "services.registry.list"
+LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
+
+
+def _rfc3339(value: Union[str, _dt.datetime, None]) -> Optional[str]:
+    if value is None or isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        raise ValueError("send_at must be timezone-aware")
+    return value.astimezone(_dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class Switchyard:
+    """A connection to Switchyard. Use ``await Switchyard.connect(...)``."""
+
+    def __init__(self, nc, timeout: float):
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.timeout = timeout
+        self.math = MathClient(self)
+        self.email = EmailClient(self)
+        self.payments = PaymentClient(self)
+        self.logs = LogClient(self)
+        self.stocks = StocksClient(self)
+        self.registry = RegistryClient(self)
+
+    @classmethod
+    async def connect(cls, servers: Optional[Iterable[str]] = None, *, timeout: float = 5.0, **options: Any) -> "Switchyard":
+        """Connects to the given servers (a list: pass every cluster node)."""
+        options.setdefault("name", "switchyard-python")
+        options.setdefault("max_reconnect_attempts", -1)
+        options.setdefault("reconnect_time_wait", 0.25)
+        nc = await nats.connect(servers=list(servers or DEFAULT_SERVERS), **options)
+        return cls(nc, timeout)
+
+    async def close(self) -> None:
+        await self.nc.drain()
+
+    async def __aenter__(self) -> "Switchyard":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def request_raw(self, subject: str, payload: bytes = b"", *, timeout: Optional[float] = None, headers: Optional[dict] = None):
+        """A request; returns the reply message as it came (errors included)."""
+        try:
+            return await self.nc.request(subject, payload, timeout=timeout or self.timeout, headers=headers)
+        except NoRespondersError as e:
+            raise NoResponders(f"no service is listening on {subject}") from e
+        except NatsTimeout as e:
+            raise Timeout(f"no reply on {subject} within {timeout or self.timeout}s") from e
+
+    async def request(self, subject: str, body: Optional[dict] = None, *, timeout: Optional[float] = None) -> dict:
+        """A JSON request; an error reply raises its ServiceError subclass."""
+        payload = b"" if body is None else json.dumps(body).encode()
+        msg = await self.request_raw(subject, payload, timeout=timeout)
+        error = _errors.from_reply(msg.headers, msg.data)
+        if error is not None:
+            raise error
+        return json.loads(msg.data)
+
+    async def discover(self, verb: str = "PING", name: Optional[str] = None, wait: float = 0.5) -> list[dict]:
+        """Every reply to ``$SRV.<verb>[.<name>]`` within ``wait`` seconds, as plain JSON."""
+        subject = f"$SRV.{verb}" + (f".{name}" if name else "")
+        inbox = self.nc.new_inbox()
+        replies: list[dict] = []
+
+        async def collect(msg):
+            try:
+                replies.append(json.loads(msg.data))
+            except ValueError:
+                pass
+
+        sub = await self.nc.subscribe(inbox, cb=collect)
+        await self.nc.publish(subject, b"", reply=inbox)
+        await self.nc.flush()
+        await asyncio.sleep(wait)
+        await sub.unsubscribe()
+        return replies
+
+    async def services(self, wait: float = 0.5) -> list[ServiceInfo]:
+        return [ServiceInfo.from_json(r) for r in await self.discover("PING", wait=wait)]
+
+    async def set_maintenance(self, on: bool) -> None:
+        """Site-wide maintenance mode (KV config/site_maintenance)."""
+        try:
+            kv = await self.js.key_value("config")
+        except Exception:
+            kv = await self.js.create_key_value(bucket="config", history=5)
+        await kv.put("site_maintenance", b"true" if on else b"false")
+
+
+class MathClient:
+    OPERATIONS = ("add", "subtract", "multiply", "divide", "power", "sqrt", "mod")
+
+    def __init__(self, sy: Switchyard):
+        self._sy = sy
+
+    @staticmethod
+    def calculate_request(operation: str, a: float, b: Optional[float] = None) -> dict:
+        body = {"operation": operation, "a": a}
+        if b is not None:
+            body["b"] = b
+        return body
+
+    async def calculate(self, operation: str, a: float, b: Optional[float] = None) -> float:
+        reply = await self._sy.request(MATH_CALCULATE, self.calculate_request(operation, a, b))
+        return float(reply["result"])
+
+    async def _op(self, op: str, a: float, b: Optional[float] = None) -> float:
+        body = {"a": a} if b is None else {"a": a, "b": b}
+        return float((await self._sy.request(f"services.math.{op}", body))["result"])
+
+    async def add(self, a, b): return await self._op("add", a, b)
+    async def subtract(self, a, b): return await self._op("subtract", a, b)
+    async def multiply(self, a, b): return await self._op("multiply", a, b)
+    async def divide(self, a, b): return await self._op("divide", a, b)
+    async def power(self, a, b): return await self._op("power", a, b)
+    async def mod(self, a, b): return await self._op("mod", a, b)
+    async def sqrt(self, a): return await self._op("sqrt", a)
+
+
+class EmailClient:
+    def __init__(self, sy: Switchyard):
+        self._sy = sy
+
+    @staticmethod
+    def send_request(to: str, subject: str, body: str, send_at=None, idempotency_key: Optional[str] = None) -> dict:
+        req = {"to": to, "subject": subject, "body": body}
+        if send_at is not None:
+            req["send_at"] = _rfc3339(send_at)
+        if idempotency_key is not None:
+            req["idempotency_key"] = idempotency_key
+        return req
+
+    async def send(self, to: str, subject: str, body: str, *, send_at=None, idempotency_key: Optional[str] = None) -> EmailAccepted:
+        """Queues a mail durably; returns its id (and when it will go)."""
+        reply = await self._sy.request(EMAIL_SEND, self.send_request(to, subject, body, send_at, idempotency_key))
+        return _build(EmailAccepted, reply)
+
+    async def publish(self, to: str, subject: str, body: str, *, send_at=None, idempotency_key: Optional[str] = None) -> None:
+        """Fire and forget: no answer, no error."""
+        req = self.send_request(to, subject, body, send_at, idempotency_key)
+        await self._sy.nc.publish(EMAIL_SEND, json.dumps(req).encode())
+
+
+class PaymentClient:
+    def __init__(self, sy: Switchyard):
+        self._sy = sy
+
+    @staticmethod
+    def payment_request(user_id: str, amount, currency: str = "USD", payment_id: Optional[str] = None,
+                        email: Optional[str] = None, subscription_id: Optional[str] = None) -> dict:
+        req = {
+            "payment_id": payment_id or f"pay-{uuid.uuid4().hex[:20]}",
+            "user_id": user_id,
+            "amount": str(Decimal(str(amount))) if not isinstance(amount, str) else amount,
+            "currency": currency,
+        }
+        if email is not None:
+            req["email"] = email
+        if subscription_id is not None:
+            req["subscription_id"] = subscription_id
+        return req
+
+    async def publish(self, user_id: str, amount, currency: str = "USD", *, payment_id: Optional[str] = None,
+                      email: Optional[str] = None, subscription_id: Optional[str] = None,
+                      retry_for: float = 30.0) -> PaymentAck:
+        """JetStream-publishes a payment with ``Nats-Msg-Id: <payment_id>``.
+
+        Without an ack (a leader election, a lost reply) it publishes again with
+        the same id until acked or ``retry_for`` seconds pass: the stream drops
+        the repeat as a duplicate, so the payment has one effect.
+        """
+        req = self.payment_request(user_id, amount, currency, payment_id, email, subscription_id)
+        payload = json.dumps(req).encode()
+        headers = {"Nats-Msg-Id": req["payment_id"]}
+        deadline = asyncio.get_running_loop().time() + retry_for
+        delay = 0.05
+        while True:
+            try:
+                ack = await self._sy.js.publish(PAYMENT_PROCESS, payload, timeout=2.0, headers=headers)
+                return PaymentAck(payment_id=req["payment_id"], stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+            except (NatsTimeout, NoRespondersError, NoStreamResponseError, APIError) as e:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise Timeout(f"payment {req['payment_id']} not acknowledged within {retry_for}s: {e!r}") from e
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def status(self, payment_id: str) -> PaymentStatus:
+        return _build(PaymentStatus, await self._sy.request(PAYMENT_STATUS, {"payment_id": payment_id}))
+
+    async def replay(self, payment_id: str) -> Replay:
+        return _build(Replay, await self._sy.request(PAYMENT_REPLAY, {"payment_id": payment_id}))
+
+    async def wait(self, payment_id: str, timeout: float = 15.0) -> PaymentStatus:
+        """Polls the status until it is completed or failed."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                status = await self.status(payment_id)
+                if status.final:
+                    return status
+            except _errors.NotFound:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise Timeout(f"payment {payment_id} not final within {timeout}s")
+            await asyncio.sleep(0.05)
+
+
+class LogClient:
+    def __init__(self, sy: Switchyard):
+        self._sy = sy
+
+    async def publish(self, service: str, level: str, message: str, **fields: Any) -> None:
+        """Publishes a record on logs.<service>.<level> (stored by the LOGS stream)."""
+        if level not in LOG_LEVELS:
+            raise ValueError(f"level must be one of {LOG_LEVELS}")
+        record = {
+            "ts": _dt.datetime.now(_dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+            "service": service, "level": level, "message": message, "fields": fields,
+        }
+        await self._sy.js.publish(f"logs.{service}.{level}", json.dumps(record).encode())
+
+    async def stats(self) -> LogStats:
+        return _build(LogStats, await self._sy.request(LOGS_STATS, {}))
+
+    async def query(self, *, service: Optional[str] = None, level: Optional[str] = None,
+                    since: Optional[str] = None, limit: Optional[int] = None) -> list[LogEntry]:
+        body = {k: v for k, v in {"service": service, "level": level, "since": since, "limit": limit}.items() if v is not None}
+        reply = await self._sy.request(LOGS_QUERY, body)
+        return [_build(LogEntry, e) for e in reply["entries"]]
+
+
+class StocksClient:
+    def __init__(self, sy: Switchyard):
+        self._sy = sy
+
+    async def symbols(self) -> list[str]:
+        return (await self._sy.request(STOCKS_SYMBOLS, {}))["symbols"]
+
+    async def snapshot(self) -> dict[str, Tick]:
+        prices = (await self._sy.request(STOCKS_SNAPSHOT, {}))["prices"]
+        return {symbol: _build(Tick, tick) for symbol, tick in prices.items()}
+
+    async def ticks(self, symbol: Optional[str] = None) -> AsyncIterator[Tick]:
+        """Live ticks of one symbol (or all)."""
+        sub = await self._sy.nc.subscribe(f"stocks.{symbol}" if symbol else "stocks.>")
+        try:
+            async for msg in sub.messages:
+                yield _build(Tick, json.loads(msg.data))
+        finally:
+            await sub.unsubscribe()
+
+
+class RegistryClient:
+    def __init__(self, sy: Switchyard):
+        self._sy = sy
+
+    async def register(self, name: str, instance_id: str, version: str, *, endpoints=(), metadata=None,
+                       ttl_s: Optional[int] = None) -> int:
+        body = {"name": name, "instance_id": instance_id, "version": version,
+                "endpoints": list(endpoints), "metadata": metadata or {}}
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        return (await self._sy.request(REGISTRY_REGISTER, body))["ttl_s"]
+
+    async def heartbeat(self, name: str, instance_id: str) -> None:
+        await self._sy.request(REGISTRY_HEARTBEAT, {"name": name, "instance_id": instance_id})
+
+    async def deregister(self, name: str, instance_id: str) -> None:
+        await self._sy.request(REGISTRY_DEREGISTER, {"name": name, "instance_id": instance_id})
+
+    async def lookup(self, name: str) -> list[Instance]:
+        reply = await self._sy.request(f"services.registry.lookup.{name}", {})
+        return [_build(Instance, i) for i in reply["instances"]]
+
+    async def list(self) -> dict[str, int]:
+        return (await self._sy.request(REGISTRY_LIST, {}))["services"]

@@ -1,0 +1,209 @@
+"""Every service subject through the Python client, against the real stack."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import uuid
+
+import pytest
+
+import switchyard
+from switchyard import (
+    Conflict, DivisionByZero, DomainError, InvalidAddress, InvalidRequest, Maintenance, NotFound, Overflow,
+    ServiceError, TooLarge, UnknownOperation,
+)
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def test_math_results(sy):
+    assert await sy.math.add(2, 3) == 5
+    assert await sy.math.subtract(2, 3) == -1
+    assert await sy.math.multiply(2.5, 4) == 10
+    assert await sy.math.divide(7, 2) == 3.5
+    assert await sy.math.power(2, 10) == 1024
+    assert await sy.math.sqrt(16) == 4
+    assert await sy.math.mod(-7, 3) == -1
+    for op, a, b, want in [("add", 1, 2, 3), ("sqrt", 9, None, 3), ("mod", 7, 3, 1)]:
+        assert await sy.math.calculate(op, a, b) == want
+
+
+@pytest.mark.parametrize("call,error", [
+    (lambda sy: sy.math.divide(1, 0), DivisionByZero),
+    (lambda sy: sy.math.mod(1, 0), DivisionByZero),
+    (lambda sy: sy.math.calculate("cube", 1, 2), UnknownOperation),
+    (lambda sy: sy.math.multiply(1e308, 1e10), Overflow),
+    (lambda sy: sy.math.sqrt(-4), DomainError),
+    (lambda sy: sy.request("services.math.add", {"a": 1}), InvalidRequest),
+    (lambda sy: sy.request("services.math.calculate", {"operation": "add", "a": "1", "b": 2}), InvalidRequest),
+    (lambda sy: sy.request("services.math.add", {"a": 1, "b": 2, "pad": "x" * 70_000}), TooLarge),
+])
+async def test_math_errors(sy, call, error):
+    with pytest.raises(error) as info:
+        await call(sy)
+    assert info.value.code == error.code and info.value.status == error.status
+    assert str(info.value)
+
+
+async def test_malformed_bodies_get_typed_errors_from_headers_and_body(sy):
+    for raw in [b"", b"{", b"null", b'{"operation":"add","a":1e999,"b":2}', b'{"operation":"add","a":NaN,"b":1}']:
+        msg = await sy.request_raw("services.math.calculate", raw)
+        assert msg.headers["Nats-Service-Error-Code"] == "400"
+        assert msg.headers["Nats-Service-Error"]
+        assert json.loads(msg.data)["error"]["code"] == "invalid_request"
+    assert await sy.math.add(1, 1) == 2
+
+
+async def test_email(sy, stack):
+    accepted = await sy.email.send("py@b.example", "Hello from Python", "Hi")
+    assert accepted.accepted and accepted.id and accepted.scheduled_for is None
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    scheduled = await sy.email.send("py@b.example", "Later", "x", send_at=later)
+    assert scheduled.scheduled_for and scheduled.scheduled_for.endswith("Z")
+    key = uid("key")
+    first = await sy.email.send("py@b.example", "Once", "x", idempotency_key=key)
+    again = await sy.email.send("py@b.example", "Once", "x", idempotency_key=key)
+    assert first.id == again.id
+    await sy.email.publish("fire@b.example", "Fire and forget", "x", idempotency_key=uid("ff"))
+    with pytest.raises(InvalidAddress):
+        await sy.email.send("not an address", "s", "b")
+    with pytest.raises(InvalidRequest):
+        await sy.email.send("py@b.example", "s", "b", send_at="tomorrow")
+    for _ in range(100):
+        if (stack.outbox / f"{accepted.id}.eml").is_file():
+            break
+        await asyncio.sleep(0.1)
+    assert (stack.outbox / f"{accepted.id}.eml").read_text().count("Subject: Hello from Python") == 1
+
+
+async def test_payments(sy):
+    pid = uid("py-pay")
+    ack = await sy.payments.publish("user-py", "19.99", payment_id=pid, email="payer@b.example")
+    assert ack.payment_id == pid and ack.stream == "PAYMENTS" and not ack.duplicate
+    status = await sy.payments.wait(pid)
+    assert (status.status, status.amount, status.currency, status.attempts, status.reason) == ("completed", "19.99", "USD", 1, None)
+    again = await sy.payments.publish("user-py", "19.99", payment_id=pid)
+    assert again.duplicate
+    with pytest.raises(Conflict):
+        await sy.payments.replay(pid)
+    rejected = uid("py-rule")
+    await sy.payments.publish("user-py", "-1", payment_id=rejected)
+    failed = await sy.payments.wait(rejected)
+    assert failed.status == "failed" and "greater than zero" in failed.reason
+    with pytest.raises(NotFound):
+        await sy.payments.status(uid("nope"))
+    with pytest.raises(InvalidRequest):
+        await sy.payments.status("bad.id")
+    with pytest.raises(NotFound):
+        await sy.payments.replay(uid("nope"))
+
+
+async def test_logs(sy):
+    service = uid("py-svc")
+    for i in range(5):
+        await sy.logs.publish(service, "warn" if i % 2 else "info", f"message {i}", n=i)
+    for _ in range(100):
+        entries = await sy.logs.query(service=service)
+        if len(entries) == 5:
+            break
+        await asyncio.sleep(0.1)
+    assert [e.message for e in entries] == [f"message {i}" for i in range(5)]
+    assert all(e.seq > 0 for e in entries)
+    warns = await sy.logs.query(service=service, level="warn", limit=1)
+    assert [e.message for e in warns] == ["message 3"]
+    # query reads the stream; stats count what the workers wrote (a batch later).
+    for _ in range(100):
+        stats = await sy.logs.stats()
+        if stats.by_service.get(service) == 5:
+            break
+        await asyncio.sleep(0.1)
+    assert stats.by_service.get(service) == 5 and stats.processed >= 5, stats
+    with pytest.raises(InvalidRequest):
+        await sy.logs.query(level="loud")
+    with pytest.raises(ValueError):
+        await sy.logs.publish(service, "loud", "x")
+
+
+async def test_stocks(sy):
+    symbols = await sy.stocks.symbols()
+    assert "AAPL" in symbols
+    seen = []
+    async for tick in sy.stocks.ticks("AAPL"):
+        seen.append(tick)
+        if len(seen) == 3:
+            break
+    assert [t.seq for t in seen] == [seen[0].seq, seen[0].seq + 1, seen[0].seq + 2]
+    snapshot = await sy.stocks.snapshot()
+    assert snapshot["AAPL"].seq >= seen[-1].seq
+    assert all("." in t.price for t in snapshot.values())
+
+
+async def test_registry(sy):
+    for _ in range(100):
+        services = await sy.registry.list()
+        if all(services.get(n, 0) >= 1 for n in ("math", "registry", "payment-processor", "email-notifier", "log-worker", "stock-ticker")):
+            break
+        await asyncio.sleep(0.2)
+    assert all(services.get(n, 0) >= 1 for n in ("math", "registry", "payment-processor", "email-notifier", "log-worker", "stock-ticker")), services
+    math = await sy.registry.lookup("math")
+    assert math and math[0].healthy and "services.math.calculate" in math[0].endpoints
+    assert await sy.registry.lookup(uid("nobody")) == []
+    name, iid = uid("py"), uid("i")
+    assert await sy.registry.register(name, iid, "1.0.0", ttl_s=30) == 30
+    await sy.registry.heartbeat(name, iid)
+    await sy.registry.deregister(name, iid)
+    with pytest.raises(NotFound):
+        await sy.registry.heartbeat(name, iid)
+    with pytest.raises(InvalidRequest):
+        await sy.registry.register("bad.name", iid, "1")
+
+
+async def test_discovery_as_plain_json(sy):
+    pings = await sy.discover("PING")
+    names = {p["name"] for p in pings}
+    assert {"math", "registry", "payment-processor", "email-notifier", "log-worker", "stock-ticker"} <= names
+    assert all(p["type"] == "io.nats.micro.v1.ping_response" for p in pings)
+    infos = await sy.discover("INFO", "math")
+    assert infos and any(e["subject"] == "services.math.calculate" for e in infos[0]["endpoints"])
+    await sy.math.add(1, 1)
+    stats = await sy.discover("STATS", "math")
+    assert sum(e["num_requests"] for s in stats for e in s["endpoints"]) >= 1
+    services = await sy.services()
+    assert any(s.name == "math" for s in services)
+
+
+async def test_maintenance_mode(sy):
+    try:
+        await sy.set_maintenance(True)
+        for _ in range(40):
+            try:
+                await sy.math.add(1, 1)
+            except Maintenance as e:
+                assert e.status == 503
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("no 503 within 2 s")
+        assert any(p["name"] == "math" for p in await sy.discover("PING", "math")), "$SRV answers in maintenance"
+    finally:
+        await sy.set_maintenance(False)
+    for _ in range(40):
+        try:
+            assert await sy.math.add(1, 1) == 2
+            break
+        except Maintenance:
+            await asyncio.sleep(0.05)
+    else:
+        pytest.fail("still in maintenance 2 s after turning it off")
+
+
+def test_every_error_code_has_a_class():
+    codes = json.loads((__import__("conftest").SCHEMAS / "error.json").read_text())
+    enum = codes["$defs"]["ErrorCode"]
+    listed = {v for one in enum.get("oneOf", []) for v in one.get("enum", [one.get("const")])} or set(enum.get("enum", []))
+    assert listed and listed <= set(switchyard.BY_CODE), listed - set(switchyard.BY_CODE)
+    assert issubclass(switchyard.Maintenance, ServiceError)
