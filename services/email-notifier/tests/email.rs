@@ -56,7 +56,6 @@ impl Notifier {
             ("email.max_deliver", Value::from(3)),
         ])
         .unwrap();
-        runtime::telemetry::init(&settings.log);
         let before = instances(cluster).await;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(email_notifier::run_with_transport(

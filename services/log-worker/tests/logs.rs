@@ -53,7 +53,6 @@ impl Worker {
             ("logs.log_dir", Value::from(dir.to_str().unwrap())),
         ])
         .unwrap();
-        runtime::telemetry::init(&settings.log);
         let before = workers_up(cluster).await;
         let shutdown = CancellationToken::new();
         let local = Arc::new(Local::default());

@@ -44,7 +44,6 @@ impl Math {
         ];
         overrides.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
         let settings = Settings::load_with(overrides).unwrap();
-        runtime::telemetry::init(&settings.log);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(math_service::run(settings, shutdown.clone()));
         let math = Math {

@@ -59,7 +59,6 @@ struct Processor {
 impl Processor {
     async fn start(urls: Vec<String>, gateway: Arc<Simulator>) -> Processor {
         let settings = Settings::load_with(test_overrides(urls.clone())).unwrap();
-        runtime::telemetry::init(&settings.log);
         let shutdown = CancellationToken::new();
         let before = instances(&urls).await;
         let task = tokio::spawn(payment_processor::run_with_gateway(

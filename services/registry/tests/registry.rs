@@ -73,7 +73,6 @@ async fn until<F: AsyncFn() -> bool>(what: &str, within: Duration, check: F) {
 async fn registration_health_removal_metrics_and_bad_input() {
     let cluster = Cluster::start(3).await.unwrap();
     let s = settings(&cluster, &[]);
-    runtime::telemetry::init(&s.log);
     let shutdown = CancellationToken::new();
     let registry = tokio::spawn(registry::run(s, shutdown.clone()));
     let client = cluster.client().await.unwrap();

@@ -79,7 +79,6 @@ async fn ticks_late_joiners_snapshot_symbols_and_bad_input() {
         ("stocks.interval_ms", Value::from(20)),
     ])
     .unwrap();
-    runtime::telemetry::init(&settings.log);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(stock_ticker::run(settings, shutdown.clone()));
     let client = cluster.client().await.unwrap();
