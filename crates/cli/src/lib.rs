@@ -1,5 +1,6 @@
 //! The `switchyard` command. Each subcommand lives in its own module.
 
+mod bench;
 mod email;
 mod logs;
 mod math;
@@ -58,6 +59,11 @@ enum Command {
         #[arg(value_enum)]
         state: Option<MaintenanceState>,
     },
+    /// Benchmarks: each service against a raw NATS baseline, in one run.
+    Bench(bench::BenchArgs),
+    /// (internal) the baselines of `switchyard bench`.
+    #[command(hide = true)]
+    BenchHelper(bench::HelperArgs),
     /// Write the JSON Schemas of the message types (or check them).
     Schemas(schemas::SchemasArgs),
 }
@@ -81,6 +87,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => status::run(&cli.servers, cli.timeout, args).await,
         Command::Maintenance { state } => maintenance(&cli.servers, state).await,
         Command::Schemas(args) => schemas::run(args),
+        Command::Bench(args) => bench::run(&cli.servers, args).await,
+        Command::BenchHelper(args) => bench::helper::run(&cli.servers, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,620 @@
+//! The benches.
+
+use super::load::{clients, latency, percentile_us, rss_mb, throughput, until};
+use super::{Env, Metric};
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bytes::Bytes;
+use futures::future::join_all;
+use protocol::names::services;
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const ADD: &str = "services.math.add";
+const RAW_ADD: &str = "bench.math.add";
+const INFLIGHT: usize = 50;
+const CONNECTIONS: usize = 5;
+
+fn body() -> Bytes {
+    Bytes::from_static(br#"{"a":2,"b":3}"#)
+}
+
+async fn responder_ready(env: &Env, subject: &str) -> anyhow::Result<()> {
+    let client = env.client().await?;
+    until(
+        &format!("a responder on {subject}"),
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            let subject = subject.to_owned();
+            async move { Ok(client.request(subject, body()).await.is_ok()) }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Latency percentiles (1 in flight) and throughput (50 in flight) of two subjects.
+async fn compare_rpc(
+    env: &Env,
+    bench: &'static str,
+    ours: &str,
+    theirs: &str,
+    goals: [(&str, f64); 3],
+) -> anyhow::Result<Vec<Metric>> {
+    let d = env.duration;
+    let client = env.client().await?;
+    let pool = clients(&env.urls, CONNECTIONS).await?;
+    for subject in [ours, theirs] {
+        latency(&client, subject, &body(), d / 5).await?;
+    }
+    let bar = env.phase(&format!("{bench}: latency, 1 in flight"), d * 2);
+    let (a, b) = (
+        latency(&client, ours, &body(), d).await?,
+        latency(&client, theirs, &body(), d).await?,
+    );
+    bar.finish_and_clear();
+    let bar = env.phase(&format!("{bench}: throughput, {INFLIGHT} in flight"), d * 2);
+    let ta = throughput(&pool, ours, &body(), INFLIGHT, d).await?;
+    let tb = throughput(&pool, theirs, &body(), INFLIGHT, d).await?;
+    bar.finish_and_clear();
+    let mut out = Vec::new();
+    for (label, p, goal) in [
+        ("p50 latency", 50.0, Some(goals[0])),
+        ("p90 latency", 90.0, None),
+        ("p99 latency", 99.0, Some(goals[1])),
+        ("max latency", 100.0, None),
+    ] {
+        out.push(Metric::compared(
+            bench,
+            label,
+            "µs",
+            percentile_us(&a, p),
+            percentile_us(&b, p),
+            goal,
+        ));
+    }
+    out.push(Metric::compared(
+        bench,
+        &format!("throughput, {INFLIGHT} in flight"),
+        "req/s",
+        ta,
+        tb,
+        Some(goals[2]),
+    ));
+    Ok(out)
+}
+
+pub(crate) async fn rpc(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
+    for _ in 0..2 {
+        env.spawn("math-service", &[], &[])?;
+        env.spawn(
+            "switchyard",
+            &["bench-helper", "echo", "--subject", RAW_ADD],
+            &[],
+        )?;
+    }
+    env.wait_instances(services::MATH, 2).await?;
+    responder_ready(env, RAW_ADD).await?;
+    compare_rpc(
+        env,
+        "rpc",
+        ADD,
+        RAW_ADD,
+        [("<=", 1.15), ("<=", 1.3), (">=", 0.9)],
+    )
+    .await
+}
+
+pub(crate) async fn python(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
+    let python = std::env::var("SWITCHYARD_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| env.bin_dir.join("../../.venv/bin/python"));
+    let script = env.bin_dir.join("../../clients/python/bench_responder.py");
+    anyhow::ensure!(
+        python.is_file() && script.is_file(),
+        "needs {} and {} (just setup)",
+        python.display(),
+        script.display()
+    );
+    env.spawn("math-service", &[], &[])?;
+    let mut command = Command::new(python);
+    command
+        .arg(script)
+        .arg("--servers")
+        .arg(env.urls.join(","))
+        .arg("--subject")
+        .arg(RAW_ADD);
+    command.stdout(Stdio::null());
+    let child = testkit::spawn_tied(command)?;
+    env.children.push(child);
+    env.wait_instances(services::MATH, 1).await?;
+    responder_ready(env, RAW_ADD).await?;
+    // Goals are switchyard/nats-py: p50 at most half, throughput at least 3×.
+    compare_rpc(
+        env,
+        "python",
+        ADD,
+        RAW_ADD,
+        [("<=", 0.5), ("<=", f64::MAX), (">=", 3.0)],
+    )
+    .await
+}
+
+async fn count(js: &jetstream::Context, stream: &str) -> anyhow::Result<u64> {
+    let mut s = js.get_stream(stream).await?;
+    Ok(s.info().await?.state.messages)
+}
+
+/// Publishes `n` messages (acked, pipelined 500 at a time).
+async fn publish_many(
+    js: &jetstream::Context,
+    n: usize,
+    subject: impl Fn(usize) -> String,
+    payload: impl Fn(usize) -> Bytes,
+    msg_id: bool,
+) -> anyhow::Result<()> {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for &i in chunk {
+            let mut h = async_nats::HeaderMap::new();
+            if msg_id {
+                h.insert(
+                    "Nats-Msg-Id",
+                    format!("bench-{i}-{}", std::process::id()).as_str(),
+                );
+            }
+            acks.push(js.publish_with_headers(subject(i), h, payload(i)).await?);
+        }
+        for ack in join_all(acks.into_iter().map(|a| a.into_future())).await {
+            ack?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn payments(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
+    let n = ((env.duration.as_secs_f64() * 600.0) as usize).max(200);
+    let js = jetstream::new(env.client().await?);
+    env.spawn(
+        "payment-processor",
+        &[],
+        &[
+            ("SWITCHYARD__PAYMENTS__GATEWAY__LATENCY_MS", "0".into()),
+            ("SWITCHYARD__PAYMENTS__GATEWAY__JITTER_MS", "0".into()),
+        ],
+    )?;
+    env.wait_instances(services::PAYMENT_PROCESSOR, 1).await?;
+    let run = format!("{}", std::process::id());
+    let before = count(&js, "EVENTS").await?;
+    let bar = env.phase(
+        &format!("payments: {n} through payment-processor"),
+        env.duration,
+    );
+    let start = Instant::now();
+    publish_many(
+        &js,
+        n,
+        |_| protocol::subjects::PAYMENT_PROCESS.to_owned(),
+        |i| {
+            Bytes::from(format!(
+                r#"{{"payment_id":"b{run}-{i}","user_id":"u","amount":"1.00","currency":"USD"}}"#
+            ))
+        },
+        true,
+    )
+    .await?;
+    until(
+        "all payments completed",
+        Duration::from_secs(300),
+        || async { Ok(count(&js, "EVENTS").await? >= before + n as u64) },
+    )
+    .await?;
+    let ours = n as f64 / start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    // The minimal loop: the same JetStream operations, no checks.
+    let stream = runtime::js::ensure_stream(
+        &js,
+        stream::Config {
+            name: "BENCH_PAY".into(),
+            subjects: vec!["bench.pay".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            num_replicas: 3.min(env.urls.len()),
+            ..Default::default()
+        },
+        false,
+    )
+    .await?;
+    runtime::js::ensure_stream(
+        &js,
+        stream::Config {
+            name: "BENCH_EVENTS".into(),
+            subjects: vec!["bench.events.>".into()],
+            num_replicas: 3.min(env.urls.len()),
+            ..Default::default()
+        },
+        false,
+    )
+    .await?;
+    runtime::js::ensure_kv(
+        &js,
+        kv::Config {
+            bucket: "bench_pay".into(),
+            num_replicas: 3.min(env.urls.len()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("bench-pay".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    env.spawn("switchyard", &["bench-helper", "payloop"], &[])?;
+    let before = count(&js, "BENCH_EVENTS").await?;
+    let bar = env.phase(
+        &format!("payments: {n} through the minimal loop"),
+        env.duration,
+    );
+    let start = Instant::now();
+    publish_many(
+        &js,
+        n,
+        |_| "bench.pay".to_owned(),
+        |i| Bytes::from(format!(r#"{{"payment_id":"b{i}"}}"#)),
+        true,
+    )
+    .await?;
+    until(
+        "all baseline payments done",
+        Duration::from_secs(300),
+        || async { Ok(count(&js, "BENCH_EVENTS").await? >= before + n as u64) },
+    )
+    .await?;
+    let theirs = n as f64 / start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    Ok(vec![Metric::compared(
+        "payments",
+        "end-to-end publish → completed",
+        "payments/s",
+        ours,
+        theirs,
+        Some((">=", 0.9)),
+    )])
+}
+
+async fn drained(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+    total: u64,
+) -> anyhow::Result<bool> {
+    let s = js.get_stream(stream).await?;
+    let Ok(info) = s.consumer_info(consumer).await else {
+        return Ok(false);
+    };
+    Ok(info.num_pending == 0
+        && info.num_ack_pending == 0
+        && info.ack_floor.stream_sequence >= total)
+}
+
+pub(crate) async fn logs(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
+    let n = ((env.duration.as_secs_f64() * 5000.0) as usize).max(1000);
+    let js = jetstream::new(env.client().await?);
+    let replicas = 3.min(env.urls.len());
+    runtime::js::ensure_stream(
+        &js,
+        stream::Config {
+            name: "LOGS".into(),
+            subjects: vec!["logs.>".into()],
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        false,
+    )
+    .await?;
+    let record = |i: usize| {
+        Bytes::from(format!(
+            r#"{{"ts":"2026-11-23T00:00:00Z","service":"bench","level":"info","message":"record {i}","fields":{{}}}}"#
+        ))
+    };
+    publish_many(&js, n, |_| "logs.bench.info".to_owned(), record, false).await?;
+    let total = count(&js, "LOGS").await?;
+    let dir = env.dir.path().join("logstore");
+    let bar = env.phase(&format!("logs: {n} records, 2 log-workers"), env.duration);
+    let start = Instant::now();
+    for _ in 0..2 {
+        env.spawn(
+            "log-worker",
+            &[],
+            &[("SWITCHYARD__LOGS__LOG_DIR", dir.display().to_string())],
+        )?;
+    }
+    until("log-workers drained", Duration::from_secs(300), || {
+        drained(&js, "LOGS", "log-workers", total)
+    })
+    .await?;
+    let ours = n as f64 / start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    let stream = runtime::js::ensure_stream(
+        &js,
+        stream::Config {
+            name: "BENCH_LOGS".into(),
+            subjects: vec!["bench.logs.>".into()],
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        false,
+    )
+    .await?;
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("bench-logs".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 50_000,
+            ..Default::default()
+        })
+        .await?;
+    publish_many(&js, n, |_| "bench.logs.info".to_owned(), record, false).await?;
+    let total = count(&js, "BENCH_LOGS").await?;
+    let raw_dir = env.dir.path().join("raw").display().to_string();
+    let bar = env.phase(&format!("logs: {n} records, 2 raw loops"), env.duration);
+    let start = Instant::now();
+    for _ in 0..2 {
+        env.spawn(
+            "switchyard",
+            &["bench-helper", "logloop", "--dir", &raw_dir],
+            &[],
+        )?;
+    }
+    until("raw loops drained", Duration::from_secs(300), || {
+        drained(&js, "BENCH_LOGS", "bench-logs", total)
+    })
+    .await?;
+    let theirs = n as f64 / start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    Ok(vec![Metric::compared(
+        "logs",
+        "records written by 2 workers (incl. start)",
+        "records/s",
+        ours,
+        theirs,
+        Some((">=", 0.9)),
+    )])
+}
+
+async fn rate(
+    client: &async_nats::Client,
+    subject: &str,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    use futures::StreamExt as _;
+    let mut sub = client.subscribe(subject.to_owned()).await?;
+    tokio::time::timeout(Duration::from_secs(30), sub.next()).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        if tokio::time::timeout(Duration::from_millis(100), sub.next())
+            .await
+            .is_ok()
+        {
+            n += 1;
+        }
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+pub(crate) async fn ticker(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
+    let client = env.client().await?;
+    env.spawn(
+        "stock-ticker",
+        &[],
+        &[
+            ("SWITCHYARD__STOCKS__INTERVAL_MS", "1".into()),
+            (
+                "SWITCHYARD__STOCKS__SYMBOLS",
+                "AAPL,MSFT,GOOG,AMZN,NVDA".into(),
+            ),
+        ],
+    )?;
+    let bar = env.phase("ticker: 5 symbols every 1 ms", env.duration);
+    let ours = rate(&client, "stocks.>", env.duration).await?;
+    bar.finish_and_clear();
+    env.stop_children();
+    env.spawn(
+        "switchyard",
+        &[
+            "bench-helper",
+            "ticks",
+            "--symbols",
+            "5",
+            "--interval-ms",
+            "1",
+        ],
+        &[],
+    )?;
+    let bar = env.phase("ticker: raw core publish, same schedule", env.duration);
+    let theirs = rate(&client, "bench.stocks.>", env.duration).await?;
+    bar.finish_and_clear();
+    Ok(vec![Metric::compared(
+        "ticker",
+        "ticks sustained (5 symbols, 1 ms)",
+        "ticks/s",
+        ours,
+        theirs,
+        None,
+    )])
+}
+
+pub(crate) async fn footprint(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
+    let mut out = Vec::new();
+    let mut pids = Vec::new();
+    for name in services::ALL {
+        let Some(binary) = services::binary(name) else {
+            continue;
+        };
+        let metrics_addr = if name == services::REGISTRY {
+            "127.0.0.1:0"
+        } else {
+            ""
+        };
+        pids.push((
+            name,
+            env.spawn(
+                binary,
+                &[],
+                &[("SWITCHYARD__REGISTRY__METRICS_ADDR", metrics_addr.into())],
+            )?,
+        ));
+    }
+    for (name, _) in &pids {
+        env.wait_instances(name, 1).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (name, pid) in &pids {
+        if let Some(mb) = rss_mb(*pid) {
+            out.push(Metric::single(
+                "footprint",
+                &format!("idle RSS {name}"),
+                "MB",
+                mb,
+                Some(10.0),
+            ));
+        }
+    }
+    // math under the rpc load.
+    let math = pids
+        .iter()
+        .find(|(n, _)| *n == services::MATH)
+        .map(|(_, p)| *p);
+    if let Some(pid) = math {
+        let pool = clients(&env.urls, CONNECTIONS).await?;
+        let load = tokio::spawn({
+            let d = env.duration;
+            async move { throughput(&pool, ADD, &body(), INFLIGHT, d).await }
+        });
+        let mut peak: f64 = 0.0;
+        while !load.is_finished() {
+            peak = peak.max(rss_mb(pid).unwrap_or(0.0));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        load.await??;
+        out.push(Metric::single(
+            "footprint",
+            "RSS math under load (50 in flight)",
+            "MB",
+            peak,
+            None,
+        ));
+    }
+    env.stop_children();
+    out.push(Metric::single(
+        "footprint",
+        "switchyard up: start to ready",
+        "s",
+        up_to_ready(env).await?,
+        None,
+    ));
+    Ok(out)
+}
+
+/// Starts `switchyard up` on free ports and times its ready line.
+async fn up_to_ready(env: &Env) -> anyhow::Result<f64> {
+    let base = (20_000..60_000)
+        .step_by(53)
+        .find(|b| (0..40).all(|i| std::net::TcpListener::bind(("127.0.0.1", b + i)).is_ok()))
+        .ok_or_else(|| anyhow::anyhow!("no free ports"))?;
+    let mut command = Command::new(env.bin_dir.join("switchyard"));
+    command
+        .args(["up", "--dir"])
+        .arg(env.dir.path().join("up"))
+        .args([
+            "--port",
+            &base.to_string(),
+            "--cluster-port",
+            &(base + 10).to_string(),
+        ])
+        .args([
+            "--http-port",
+            &(base + 20).to_string(),
+            "--metrics-port",
+            &(base + 30).to_string(),
+        ])
+        .current_dir(env.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let start = Instant::now();
+    let mut child = testkit::spawn_tied(command)?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let ready = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("switchyard ready"))
+    });
+    let ok = tokio::time::timeout(Duration::from_secs(120), ready).await;
+    let took = start.elapsed().as_secs_f64();
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    anyhow::ensure!(
+        matches!(ok, Ok(Ok(true))),
+        "switchyard up did not get ready"
+    );
+    Ok(took)
+}
+
+pub(crate) async fn seed(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
+    let client = env.client().await?;
+    let n = 100_000;
+    let bar = env.phase("seed: 100,000 publishes", env.duration);
+    let start = Instant::now();
+    for i in 0..n {
+        client
+            .publish("bench.seed", Bytes::from(format!("message {i}")))
+            .await?;
+    }
+    client.flush().await?;
+    let published = n as f64 / start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    env.spawn(
+        "switchyard",
+        &["bench-helper", "echo", "--subject", "bench.ping"],
+        &[],
+    )?;
+    responder_ready(env, "bench.ping").await?;
+    let bar = env.phase("seed: ping/pong round trips", env.duration);
+    let samples = latency(&client, "bench.ping", &body(), env.duration).await?;
+    bar.finish_and_clear();
+    let per_s = samples.len() as f64 / env.duration.as_secs_f64();
+    Ok(vec![
+        Metric::single("seed", "100,000-message publish", "msgs/s", published, None),
+        Metric::single(
+            "seed",
+            "ping/pong round trips",
+            "round trips/s",
+            per_s,
+            None,
+        ),
+        Metric::single(
+            "seed",
+            "ping/pong p50",
+            "µs",
+            percentile_us(&samples, 50.0),
+            None,
+        ),
+    ])
+}
