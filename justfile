@@ -46,6 +46,11 @@ test: setup lint
     cargo test --workspace --locked
     cd clients/python && {{venv}}/bin/python -m pytest -q
 
+# The quick benchmark set on release builds (see BENCHMARKS.md): `just bench`, `just bench rpc --duration 10s`.
+bench NAME="quick" *ARGS: setup
+    cargo build --release --workspace --locked
+    target/release/switchyard bench {{NAME}} {{ARGS}}
+
 # Only the Python client's tests (needs `just build` first).
 pytest *ARGS: setup build
     cd clients/python && {{venv}}/bin/python -m pytest {{ARGS}}

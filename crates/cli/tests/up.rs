@@ -268,3 +268,35 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
     let left: Vec<i32> = children.into_iter().filter(|&p| alive(p)).collect();
     assert!(left.is_empty(), "processes left behind: {left:?}");
 }
+
+/// Every bench runs (tiny duration) and reports finite figures; no timing
+/// is asserted here: speed belongs to `switchyard bench` itself.
+#[test]
+fn every_bench_runs_and_reports() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    let set = if python.is_file() { "all" } else { "quick" };
+    let out = Command::new(SWITCHYARD)
+        .args(["bench", set, "--duration", "200ms", "--json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bench failed: {out:?}");
+    let metrics: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut benches: Vec<&str> = metrics
+        .iter()
+        .map(|m| m["bench"].as_str().unwrap())
+        .collect();
+    benches.dedup();
+    let mut want = vec!["rpc", "payments", "logs", "ticker", "footprint", "seed"];
+    if set == "all" {
+        want.insert(4, "python");
+    }
+    assert_eq!(benches, want);
+    for m in &metrics {
+        let v = m["switchyard"].as_f64().unwrap();
+        assert!(v.is_finite() && v > 0.0, "{m}");
+        if let Some(ratio) = m["ratio"].as_f64() {
+            assert!(ratio.is_finite() && ratio > 0.0, "{m}");
+        }
+    }
+}

@@ -14,6 +14,19 @@ pub enum Line {
 
 pub const REJECTED_FILE: &str = "_rejected";
 
+/// A record as published; service and level may come from the subject.
+#[derive(serde::Deserialize)]
+struct RawRecord {
+    ts: String,
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    level: Option<String>,
+    message: String,
+    #[serde(default)]
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
 /// Checks a message on `subject` with stream sequence `seq`.
 pub fn line_for(subject: &str, seq: u64, body: &[u8]) -> Line {
     match check(subject, body) {
@@ -52,24 +65,27 @@ fn check(subject: &str, body: &[u8]) -> Result<LogRecord, String> {
     {
         return Err(format!("unknown level {level:?} in the subject"));
     }
-    // The body's service and level win; the subject fills them in.
-    let mut value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
-    let object = value
-        .as_object_mut()
-        .ok_or("the body is not a JSON object")?;
-    for (key, fallback) in [
-        ("service", from_subject_service),
-        ("level", from_subject_level),
-    ] {
-        if !object.contains_key(key)
-            && let Some(fallback) = fallback
-        {
-            object.insert(key.into(), fallback.into());
+    // One parse; the body's service and level win, the subject fills them in.
+    let raw: RawRecord = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data if body.first() != Some(&b'{') => {
+            "the body is not a JSON object".to_owned()
         }
-    }
-    let record: LogRecord =
-        serde_json::from_value(value).map_err(|e| format!("invalid record: {e}"))?;
+        serde_json::error::Category::Data => format!("invalid record: {e}"),
+        _ => format!("malformed JSON: {e}"),
+    })?;
+    let (Some(service), Some(level)) = (
+        raw.service.or(from_subject_service.map(str::to_owned)),
+        raw.level.or(from_subject_level.map(str::to_owned)),
+    ) else {
+        return Err("invalid record: service and level are required on logs.process".to_owned());
+    };
+    let record = LogRecord {
+        ts: raw.ts,
+        service,
+        level,
+        message: raw.message,
+        fields: raw.fields,
+    };
     if !valid_service(&record.service) {
         return Err(format!(
             "service {:?} must be 1 to 64 characters of A-Z a-z 0-9 _ -",

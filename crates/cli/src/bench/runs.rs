@@ -303,7 +303,7 @@ async fn drained(
 }
 
 pub(crate) async fn logs(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
-    let n = ((env.duration.as_secs_f64() * 5000.0) as usize).max(1000);
+    let n = ((env.duration.as_secs_f64() * 10_000.0) as usize).max(2000);
     let js = jetstream::new(env.client().await?);
     let replicas = 3.min(env.urls.len());
     runtime::js::ensure_stream(
