@@ -127,7 +127,7 @@ impl Env {
             .parent()
             .map(Path::to_path_buf)
             .context("where is the switchyard binary?")?;
-        let (urls, cluster) = if servers.is_empty() {
+        let (mut urls, cluster) = if servers.is_empty() {
             let cluster = Cluster::start(3)
                 .await
                 .context("starting a 3-node cluster for the bench")?;
@@ -135,6 +135,10 @@ impl Env {
         } else {
             (servers.to_vec(), None)
         };
+        // Everyone (load generator, services, baselines) on one node:
+        // otherwise each process picks a node at random, and whether a
+        // pair talks through a route hop decides the comparison.
+        urls.truncate(1);
         Ok(Self {
             urls,
             bin_dir,
