@@ -83,6 +83,20 @@ impl Files {
     }
 }
 
+/// The `seq` of a line. Lines we write end with `"seq":<n>}`, so the tail
+/// is read first; anything else is parsed in full.
+fn seq_of(line: &[u8]) -> Option<u64> {
+    let trimmed = line.strip_suffix(b"\n").unwrap_or(line);
+    if let Some(body) = trimmed.strip_suffix(b"}")
+        && let Some(at) = body.windows(6).rposition(|w| w == b"\"seq\":")
+        && let Ok(text) = std::str::from_utf8(&body[at + 6..])
+        && let Ok(seq) = text.trim().parse()
+    {
+        return Some(seq);
+    }
+    serde_json::from_slice::<SeqOnly>(line).ok().map(|s| s.seq)
+}
+
 /// Reads what was appended since `state.offset`, remembering its seqs, and
 /// cuts off a torn last line.
 fn catch_up(file: &mut File, state: &mut FileState) -> io::Result<()> {
@@ -103,7 +117,7 @@ fn catch_up(file: &mut File, state: &mut FileState) -> io::Result<()> {
             break;
         }
         consumed += line.len();
-        if let Ok(SeqOnly { seq }) = serde_json::from_slice(line) {
+        if let Some(seq) = seq_of(line) {
             state.seqs.insert(seq);
         }
     }
@@ -145,6 +159,21 @@ mod tests {
         assert_eq!(b.append("math", &[line(2), line(3)]).unwrap(), [3]);
         assert_eq!(a.append("math", &[line(3), line(1), line(4)]).unwrap(), [4]);
         assert_eq!(seqs_in(&a.path("math")), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn seq_from_the_tail_or_the_whole_line() {
+        assert_eq!(seq_of(br#"{"message":"m","seq":42}"#), Some(42));
+        assert_eq!(seq_of(b"{\"message\":\"m\",\"seq\":42}\n"), Some(42));
+        assert_eq!(
+            seq_of(br#"{"seq":7,"subject":"x","reason":"r","body":"b"}"#),
+            Some(7)
+        );
+        assert_eq!(
+            seq_of(br#"{"message":"\"seq\":9 inside","seq":3}"#),
+            Some(3)
+        );
+        assert_eq!(seq_of(b"garbage"), None);
     }
 
     #[test]

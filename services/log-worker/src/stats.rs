@@ -1,41 +1,59 @@
-//! Cluster-wide counters in KV `log-stats` / `totals`, updated once per
-//! batch with an expected revision, so every worker answers the same numbers.
+//! Cluster-wide counters in KV `log-stats`: each worker owns the key
+//! `totals.<worker>` (updated once per batch, so workers never contend), and
+//! reading the stats sums every key, so every worker answers the same numbers.
 
 use async_nats::jetstream::kv;
+use futures::StreamExt as _;
 use protocol::logs::LogStats;
 use std::time::Duration;
 
-const KEY: &str = "totals";
+const PREFIX: &str = "totals.";
 
 #[derive(Debug, Clone)]
 pub(crate) struct Stats {
     kv: kv::Store,
+    key: String,
 }
 
 impl Stats {
     pub(crate) fn new(kv: kv::Store) -> Self {
-        Self { kv }
+        Self {
+            kv,
+            key: format!("{PREFIX}{}", nuid::next()),
+        }
     }
 
+    /// The sum over every worker's key.
     pub(crate) async fn read(&self) -> anyhow::Result<LogStats> {
-        let entry = runtime::js::retry("reading log stats", Duration::from_secs(5), || {
-            self.kv.entry(KEY)
-        })
-        .await?;
-        Ok(entry
-            .filter(|e| e.operation == kv::Operation::Put)
-            .and_then(|e| serde_json::from_slice(&e.value).ok())
-            .unwrap_or_default())
+        let mut totals = LogStats::default();
+        let mut keys = match self.kv.keys().await {
+            Ok(keys) => keys.boxed(),
+            Err(err) if err.to_string().contains("no keys") => return Ok(totals),
+            Err(err) => return Err(err.into()),
+        };
+        while let Some(key) = keys.next().await {
+            let key = key?;
+            if !key.starts_with(PREFIX) {
+                continue;
+            }
+            if let Some(entry) = self.kv.entry(&key).await?
+                && entry.operation == kv::Operation::Put
+                && let Ok(part) = serde_json::from_slice::<LogStats>(&entry.value)
+            {
+                merge(&mut totals, &part);
+            }
+        }
+        Ok(totals)
     }
 
-    /// Adds `delta` to the totals.
+    /// Adds `delta` to this worker's counters.
     pub(crate) async fn add(&self, delta: &LogStats) -> anyhow::Result<()> {
         if delta.processed == 0 && delta.rejected == 0 {
             return Ok(());
         }
-        for _ in 0..50 {
+        for _ in 0..10 {
             let entry = runtime::js::retry("reading log stats", Duration::from_secs(30), || {
-                self.kv.entry(KEY)
+                self.kv.entry(&self.key)
             })
             .await?;
             let (mut totals, revision) = match &entry {
@@ -48,15 +66,15 @@ impl Stats {
             merge(&mut totals, delta);
             let value = serde_json::to_vec(&totals)?.into();
             let written = match revision {
-                Some(rev) => self.kv.update(KEY, value, rev).await.is_ok(),
-                None => self.kv.create(KEY, value).await.is_ok(),
+                Some(rev) => self.kv.update(&self.key, value, rev).await.is_ok(),
+                None => self.kv.create(&self.key, value).await.is_ok(),
             };
             if written {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        anyhow::bail!("log stats stayed contended")
+        anyhow::bail!("log stats could not be written")
     }
 }
 
