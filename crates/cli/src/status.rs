@@ -78,15 +78,24 @@ pub(crate) async fn run(
     table.load_preset(UTF8_FULL_CONDENSED).set_header([
         "service",
         "instances",
+        "registered (healthy)",
         "version",
         "endpoints",
         "requests",
         "errors",
     ]);
     for (name, row) in &rows {
+        let healthy = match &registered {
+            Some(list) => list
+                .services
+                .get(name)
+                .map_or("0".to_owned(), u64::to_string),
+            None => "- (no registry)".to_owned(),
+        };
         table.add_row([
             name.clone(),
             row.instances.len().to_string(),
+            healthy,
             row.versions.iter().cloned().collect::<Vec<_>>().join(", "),
             row.endpoints.to_string(),
             row.requests.to_string(),

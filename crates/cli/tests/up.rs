@@ -116,6 +116,7 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("math") && table.contains("0.1.0"), "{table}");
+    assert!(table.contains("registered (healthy)"), "{table}");
 
     // The same ports again: a clear error naming the port.
     let out = Command::new(SWITCHYARD)
