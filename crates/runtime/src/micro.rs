@@ -495,16 +495,22 @@ async fn handle(ctx: &EndpointCtx, message: Message) {
     }
 }
 
+/// The request of an endpoint that takes no fields (an empty body or `{}`).
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+pub struct NoInput {}
+
+/// `text` made fit for a header value: control characters (line breaks
+/// above all) become spaces.
+pub fn header_value(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// Headers (`Nats-Service-Error`, `Nats-Service-Error-Code`) and JSON body
 /// of an error reply.
 pub fn error_reply(err: &ServiceError, mut headers: HeaderMap) -> (HeaderMap, Bytes) {
-    // Header values cannot carry line breaks.
-    let message: String = err
-        .message
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    headers.insert(headers::SERVICE_ERROR, message.as_str());
+    headers.insert(headers::SERVICE_ERROR, header_value(&err.message).as_str());
     headers.insert(
         headers::SERVICE_ERROR_CODE,
         err.status().to_string().as_str(),

@@ -11,6 +11,19 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The redelivery delay after failed delivery number `delivered` (1-based):
+/// the matching entry of `delays_ms`, the last one past its end, 1 s if empty.
+pub fn backoff_after(delays_ms: &[u64], delivered: u32) -> Duration {
+    let i = (delivered.max(1) - 1) as usize;
+    Duration::from_millis(
+        delays_ms
+            .get(i)
+            .or(delays_ms.last())
+            .copied()
+            .unwrap_or(1_000),
+    )
+}
+
 /// Runs `handle` for each message of `consumer` until `stop` fires, with at
 /// most `concurrency` at once. `handle` acks, naks or terms the message.
 pub async fn run_pull<F, Fut>(

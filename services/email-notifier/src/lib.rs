@@ -70,14 +70,7 @@ impl Default for EmailSettings {
 
 impl EmailSettings {
     fn backoff_after(&self, delivered: u32) -> Duration {
-        let i = (delivered.max(1) - 1) as usize;
-        Duration::from_millis(
-            self.backoff_ms
-                .get(i)
-                .or(self.backoff_ms.last())
-                .copied()
-                .unwrap_or(1_000),
-        )
+        runtime::worker::backoff_after(&self.backoff_ms, delivered)
     }
 }
 

@@ -7,6 +7,7 @@ use futures::StreamExt as _;
 use protocol::logs::{LogEntry, LogQuery, LogQueryReply, LogStats, valid_service};
 use protocol::subjects::{self, LOG_LEVELS};
 use protocol::{ErrorCode, ServiceError};
+use runtime::micro::NoInput;
 use runtime::{App, ServiceBuilder};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -15,10 +16,6 @@ use time::format_description::well_known::Rfc3339;
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
-
-/// `services.logs.stats` takes no fields.
-#[derive(Debug, serde::Deserialize)]
-struct NoInput {}
 
 pub(crate) fn service(app: &App, stats: Stats, stream: stream::Stream) -> ServiceBuilder {
     app.service(crate::VERSION, crate::DESCRIPTION)

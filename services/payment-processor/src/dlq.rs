@@ -45,13 +45,10 @@ impl Dlq {
     ) -> anyhow::Result<()> {
         let mut h = HeaderMap::new();
         h.insert(dlq_headers::REASON, entry.reason.as_str());
-        // Header values cannot carry line breaks.
-        let error: String = entry
-            .error
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        h.insert(dlq_headers::ERROR, error.as_str());
+        h.insert(
+            dlq_headers::ERROR,
+            runtime::micro::header_value(entry.error).as_str(),
+        );
         if let Some(id) = entry.payment_id {
             h.insert(dlq_headers::PAYMENT_ID, id);
         }

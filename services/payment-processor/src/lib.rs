@@ -118,14 +118,7 @@ impl PaymentSettings {
 
     /// Delay before delivery `delivered + 1` after a failure.
     pub fn backoff_after(&self, delivered: u32) -> Duration {
-        let i = (delivered.max(1) - 1) as usize;
-        let ms = self
-            .backoff_ms
-            .get(i)
-            .or(self.backoff_ms.last())
-            .copied()
-            .unwrap_or(1_000);
-        Duration::from_millis(ms)
+        runtime::worker::backoff_after(&self.backoff_ms, delivered)
     }
 
     /// How long a delivery may run before the server redelivers it.

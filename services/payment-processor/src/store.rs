@@ -4,16 +4,10 @@
 
 use async_nats::jetstream::kv;
 use protocol::payment::{PaymentRecord, PaymentRequest, PaymentStatus};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use runtime::time::now_unix_ms as now_ms;
+use std::time::Duration;
 
 const CONTENTION_ROUNDS: usize = 16;
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 /// The outcome of trying to claim a payment for one message.
 #[derive(Debug)]

@@ -6,14 +6,11 @@ use protocol::registry::{
     InstanceRef, ListReply, LookupReply, OkReply, RegisterReply, RegisterRequest, Registration, key,
 };
 use protocol::{ErrorCode, ServiceError, subjects};
+use runtime::micro::NoInput;
 use runtime::{App, ServiceBuilder};
 use std::sync::Arc;
 
 const MAX_TTL_S: u64 = 3600;
-
-/// No fields.
-#[derive(Debug, serde::Deserialize)]
-struct NoInput {}
 
 pub(crate) fn service(app: &App, store: Store, settings: RegistrySettings) -> ServiceBuilder {
     let ctx = Arc::new((store, settings));

@@ -3,14 +3,7 @@
 use async_nats::jetstream::kv;
 use futures::StreamExt as _;
 use protocol::registry::{InstanceInfo, Registration};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub(crate) use runtime::time::now_unix_ms as now_ms;
 
 /// Healthy while the last heartbeat is within the TTL.
 pub(crate) fn healthy(r: &Registration, now_ms: u64) -> bool {

@@ -4,12 +4,9 @@
 use async_nats::jetstream::stream;
 use protocol::stocks::{Snapshot, Symbols, Tick};
 use protocol::{ErrorCode, ServiceError, subjects};
+use runtime::micro::NoInput;
 use runtime::{App, ServiceBuilder};
 use std::sync::Arc;
-
-/// No fields.
-#[derive(Debug, serde::Deserialize)]
-struct NoInput {}
 
 pub(crate) fn service(app: &App, stream: stream::Stream, symbols: Vec<String>) -> ServiceBuilder {
     let symbols = Arc::new(symbols);
