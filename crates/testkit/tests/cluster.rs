@@ -54,8 +54,19 @@ async fn a_killed_node_restarts_with_its_data() {
 
     cluster.kill_node(2);
     assert_eq!(cluster.pids().len(), 2);
-    // Quorum holds with one node down.
-    kv.put("k", "v2".into()).await.unwrap();
+    // Quorum holds with one node down. If node 2 led the bucket's stream, a
+    // new leader is elected first (seconds); until then a put has no responder.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match kv.put("k", "v2".into()).await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no quorum write with 2 of 3 nodes up: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     cluster.restart_node(2).await.unwrap();
     assert_eq!(cluster.pids().len(), 3);
 
