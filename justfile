@@ -87,6 +87,11 @@ docker-up: docker-images
     {{compose}} up -d --no-build
     {{compose}} ps
 
+# The compose stack under faults (needs Docker): builds the offline images, then
+# runs crates/cli/tests/compose.rs: node stops, a partition, a crashed service, `down -v`.
+docker-test: docker-images
+    COMPOSE="{{compose}}" cargo test -p switchyard-cli --test compose --locked -- --ignored --nocapture
+
 # Stop the compose stack and remove its volumes.
 docker-down:
     {{compose}} down -v
