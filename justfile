@@ -73,6 +73,10 @@ fmt:
 schemas:
     cargo run --quiet -p switchyard-cli -- schemas --out docs/schemas
 
+# Regenerate the NATS users (deploy/nats/accounts.conf, deploy/k8s/nats-values.yaml) from the protocol crate.
+accounts:
+    cargo run --quiet -p switchyard-cli -- accounts
+
 # Call the CLI: `just sy math add 2 3`, `just sy status`.
 sy *ARGS: build
     target/debug/switchyard {{ARGS}}

@@ -1,5 +1,6 @@
 //! The `switchyard` command. Each subcommand lives in its own module.
 
+mod accounts;
 mod bench;
 mod email;
 mod logs;
@@ -66,6 +67,8 @@ enum Command {
     BenchHelper(bench::HelperArgs),
     /// Write the JSON Schemas of the message types (or check them).
     Schemas(schemas::SchemasArgs),
+    /// Write the NATS users of the compose and Helm deployments (or check them).
+    Accounts(accounts::AccountsArgs),
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -87,6 +90,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => status::run(&cli.servers, cli.timeout, args).await,
         Command::Maintenance { state } => maintenance(&cli.servers, state).await,
         Command::Schemas(args) => schemas::run(args),
+        Command::Accounts(args) => accounts::run(args),
         Command::Bench(args) => bench::run(&cli.servers, args).await,
         Command::BenchHelper(args) => bench::helper::run(&cli.servers, args).await,
     };
