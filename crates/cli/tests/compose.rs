@@ -474,6 +474,44 @@ async fn payments_replicas(sys: &Client) -> Vec<(String, u64, u64, String)> {
     out
 }
 
+/// Waits until every service answers `$SRV.PING`.
+async fn wait_all_services(client: &Client, what: &str, limit: Duration) -> Duration {
+    let all: BTreeSet<String> = names::services::ALL
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    wait_until(what, limit, || {
+        let client = client.clone();
+        let all = all.clone();
+        async move {
+            let seen = services_answering(&client).await;
+            if seen == all {
+                Ok(())
+            } else {
+                Err(format!("answering: {seen:?}"))
+            }
+        }
+    })
+    .await
+}
+
+/// Waits until all three nodes report the same `PAYMENTS` state and a meta leader.
+async fn wait_replicas_agree(sys: &Client, what: &str, limit: Duration) -> Duration {
+    wait_until(what, limit, || {
+        let sys = sys.clone();
+        async move {
+            let r = payments_replicas(&sys).await;
+            let same = r.windows(2).all(|w| w[0].1 == w[1].1 && w[0].2 == w[1].2);
+            if r.len() == 3 && same && r.iter().all(|x| !x.3.is_empty()) {
+                Ok(())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        }
+    })
+    .await
+}
+
 /// Polls `services.payment.status` until every id is `completed`.
 async fn wait_all_completed(client: &Client, ids: &[String], limit: Duration) {
     let deadline = Instant::now() + limit;
@@ -540,25 +578,10 @@ async fn compose_stack_survives_node_loss_partitions_and_crashes() {
     let started = Instant::now();
     stack.compose(&["up", "-d", "--no-build"], Duration::from_secs(180));
     let (client, _) = connect(stack.urls(), CLIENT).await;
-    let all: BTreeSet<String> = names::services::ALL
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    wait_until(
+    wait_all_services(
+        &client,
         "all six services answer $SRV.PING",
         Duration::from_secs(90),
-        || {
-            let client = client.clone();
-            let all = all.clone();
-            async move {
-                let seen = services_answering(&client).await;
-                if seen == all {
-                    Ok(())
-                } else {
-                    Err(format!("answering: {seen:?}"))
-                }
-            }
-        },
     )
     .await;
     let healthy = started.elapsed();
@@ -653,21 +676,10 @@ async fn compose_stack_survives_node_loss_partitions_and_crashes() {
 
         let restarted = Instant::now();
         stack.compose(&["start", &node], Duration::from_secs(60));
-        let rejoin = wait_until(
+        let rejoin = wait_replicas_agree(
+            &sys,
             &format!("{node} rejoins with PAYMENTS caught up"),
             Duration::from_secs(60),
-            || {
-                let sys = sys.clone();
-                async move {
-                    let r = payments_replicas(&sys).await;
-                    let same = r.windows(2).all(|w| w[0].1 == w[1].1 && w[0].2 == w[1].2);
-                    if r.len() == 3 && same && r.iter().all(|x| !x.3.is_empty()) {
-                        Ok(())
-                    } else {
-                        Err(format!("{r:?}"))
-                    }
-                }
-            },
         )
         .await;
         println!(
@@ -724,21 +736,10 @@ async fn compose_stack_survives_node_loss_partitions_and_crashes() {
         );
     }
     // Services that were on the cut node notice (pings) and move to the majority.
-    let moved = wait_until(
+    let moved = wait_all_services(
+        &client,
         "all six services answer from the majority",
         Duration::from_secs(60),
-        || {
-            let client = client.clone();
-            let all = all.clone();
-            async move {
-                let seen = services_answering(&client).await;
-                if seen == all {
-                    Ok(())
-                } else {
-                    Err(format!("answering: {seen:?}"))
-                }
-            }
-        },
     )
     .await;
     let (ok, failed, gap, ids) = load.stop().await;
@@ -769,21 +770,10 @@ async fn compose_stack_survives_node_loss_partitions_and_crashes() {
         &["network", "disconnect", &probe, &cut_off],
         Duration::from_secs(30),
     );
-    let healed = wait_until(
+    let healed = wait_replicas_agree(
+        &sys,
         "replicas agree after healing",
         Duration::from_secs(60),
-        || {
-            let sys = sys.clone();
-            async move {
-                let r = payments_replicas(&sys).await;
-                let same = r.windows(2).all(|w| w[0].1 == w[1].1 && w[0].2 == w[1].2);
-                if r.len() == 3 && same {
-                    Ok(())
-                } else {
-                    Err(format!("{r:?}"))
-                }
-            }
-        },
     )
     .await;
     println!("healed: all three PAYMENTS replicas equal {healed:?} after reconnecting {target}");
