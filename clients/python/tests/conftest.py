@@ -47,7 +47,7 @@ class Stack:
 
     @property
     def outbox(self) -> Path:
-        return self.dir / ".switchyard" / "outbox"
+        return self.dir / "state" / "outbox"  # `switchyard up --dir <dir>/state`
 
 
 @pytest.fixture(scope="session")

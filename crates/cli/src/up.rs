@@ -31,7 +31,8 @@ pub(crate) struct NatsArgs {
     /// First monitoring (HTTP) port.
     #[arg(long, default_value_t = 8222)]
     http_port: u16,
-    /// Where JetStream data, logs and PID files go.
+    /// Where JetStream data, logs, PID files, the mail outbox and the log
+    /// store go.
     #[arg(long, default_value = ".switchyard")]
     dir: PathBuf,
 }
@@ -123,6 +124,17 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
                     format!("127.0.0.1:{}", args.metrics_port),
                 )
                 .env("NO_COLOR", "1");
+            // The services' own files live under --dir too (the defaults are
+            // `.switchyard/outbox` and `.switchyard/logstore`), unless the
+            // environment already says where.
+            for (key, sub) in [
+                ("SWITCHYARD__EMAIL__OUTBOX_DIR", "outbox"),
+                ("SWITCHYARD__LOGS__LOG_DIR", "logstore"),
+            ] {
+                if std::env::var_os(key).is_none() {
+                    command.env(key, args.nats.dir.join(sub));
+                }
+            }
             tokio::spawn(supervise(
                 (*name).to_owned(),
                 command,
