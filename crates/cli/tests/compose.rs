@@ -265,23 +265,11 @@ async fn connect(
     (client, errors)
 }
 
-/// Every reply to one request within `wait` (for `$SRV` and `$SYS` pings).
+/// Every reply to one request within `wait` (`$SYS` pings: each server answers).
 async fn gather(client: &Client, subject: &str, body: Value, wait: Duration) -> Vec<Value> {
-    let inbox = client.new_inbox();
-    let mut sub = client.subscribe(inbox.clone()).await.unwrap();
-    client
-        .publish_with_reply(subject.to_owned(), inbox, body.to_string().into())
+    runtime::client::gather(client, subject.to_owned(), body.to_string().into(), wait)
         .await
-        .unwrap();
-    client.flush().await.unwrap();
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut out = Vec::new();
-    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
-        if let Ok(v) = serde_json::from_slice(&m.payload) {
-            out.push(v);
-        }
-    }
-    out
+        .unwrap()
 }
 
 async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
@@ -302,11 +290,17 @@ where
 }
 
 async fn services_answering(client: &Client) -> BTreeSet<String> {
-    gather(client, "$SRV.PING", json!(null), Duration::from_millis(700))
-        .await
-        .iter()
-        .filter_map(|v| v["name"].as_str().map(str::to_owned))
-        .collect()
+    runtime::client::discover::<protocol::micro::PingResponse>(
+        client,
+        protocol::micro::Verb::Ping,
+        None,
+        Duration::from_millis(700),
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|p| p.name)
+    .collect()
 }
 
 async fn add(client: &Client, a: f64, b: f64) -> Result<f64, String> {
@@ -439,8 +433,23 @@ async fn servers_of(sys: &Client, name: &str) -> Vec<String> {
     .collect()
 }
 
-/// Per server: (name, PAYMENTS messages, last seq, meta leader) from JSZ.
-async fn payments_replicas(sys: &Client) -> Vec<(String, u64, u64, String)> {
+/// One server's view from JSZ: its `PAYMENTS` replica and the meta leader.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Replica {
+    server: String,
+    messages: u64,
+    last_seq: u64,
+    meta_leader: String,
+}
+
+impl Replica {
+    fn same_state(&self, other: &Replica) -> bool {
+        (self.messages, self.last_seq) == (other.messages, other.last_seq)
+    }
+}
+
+/// Every answering server's [`Replica`], sorted by server name.
+async fn payments_replicas(sys: &Client) -> Vec<Replica> {
     let mut out: Vec<_> = gather(
         sys,
         "$SYS.REQ.SERVER.PING.JSZ",
@@ -451,7 +460,7 @@ async fn payments_replicas(sys: &Client) -> Vec<(String, u64, u64, String)> {
     .iter()
     .map(|r| {
         let server = r["server"]["name"].as_str().unwrap_or("?").to_owned();
-        let leader = r["data"]["meta_cluster"]["leader"]
+        let meta_leader = r["data"]["meta_cluster"]["leader"]
             .as_str()
             .unwrap_or("")
             .to_owned();
@@ -461,13 +470,18 @@ async fn payments_replicas(sys: &Client) -> Vec<(String, u64, u64, String)> {
             .flatten()
             .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
             .find(|s| s["name"].as_str() == Some(names::streams::PAYMENTS));
-        let (msgs, last) = stream.map_or((0, 0), |s| {
+        let (messages, last_seq) = stream.map_or((0, 0), |s| {
             (
                 s["state"]["messages"].as_u64().unwrap_or(0),
                 s["state"]["last_seq"].as_u64().unwrap_or(0),
             )
         });
-        (server, msgs, last, leader)
+        Replica {
+            server,
+            messages,
+            last_seq,
+            meta_leader,
+        }
     })
     .collect();
     out.sort();
@@ -501,8 +515,8 @@ async fn wait_replicas_agree(sys: &Client, what: &str, limit: Duration) -> Durat
         let sys = sys.clone();
         async move {
             let r = payments_replicas(&sys).await;
-            let same = r.windows(2).all(|w| w[0].1 == w[1].1 && w[0].2 == w[1].2);
-            if r.len() == 3 && same && r.iter().all(|x| !x.3.is_empty()) {
+            let same = r.windows(2).all(|w| w[0].same_state(&w[1]));
+            if r.len() == 3 && same && r.iter().all(|x| !x.meta_leader.is_empty()) {
                 Ok(())
             } else {
                 Err(format!("{r:?}"))
@@ -652,7 +666,10 @@ async fn compose_stack_survives_node_loss_partitions_and_crashes() {
                 async move {
                     let r = payments_replicas(&sys).await;
                     // Only the two running nodes answer, and they agree on a leader.
-                    if r.len() == 2 && r.iter().all(|x| !x.3.is_empty() && x.3 != node) {
+                    if r.len() == 2
+                        && r.iter()
+                            .all(|x| !x.meta_leader.is_empty() && x.meta_leader != node)
+                    {
                         Ok(())
                     } else {
                         Err(format!("{r:?}"))
@@ -687,13 +704,11 @@ async fn compose_stack_survives_node_loss_partitions_and_crashes() {
             restarted.elapsed()
         );
     }
-    if let Some(on) = servers_of(&sys, names::services::MATH).await.first() {
-        println!("math-service now on {on}");
-    }
 
     // 4. Partition a node off (one math-service is not on, so the majority's
     //    math keeps answering while services on the cut node move over).
     let math_now = servers_of(&sys, names::services::MATH).await;
+    println!("math-service now on {math_now:?}");
     let target = ["nats3", "nats2", "nats1"]
         .into_iter()
         .find(|n| !math_now.iter().any(|m| m == n))

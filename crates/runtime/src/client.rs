@@ -156,11 +156,22 @@ pub async fn discover<T: DeserializeOwned>(
         Some(name) => format!("$SRV.{}.{name}", verb.as_str()),
         None => format!("$SRV.{}", verb.as_str()),
     };
+    gather(client, subject, Bytes::new(), wait).await
+}
+
+/// Publishes `body` to `subject` with one inbox as reply-to and gathers every
+/// reply that arrives within `wait`: for subjects that many answer (`$SRV`
+/// pings, `$SYS.REQ.SERVER.PING.*`). Replies that do not decode as `T` are
+/// skipped.
+pub async fn gather<T: DeserializeOwned>(
+    client: &Client,
+    subject: String,
+    body: Bytes,
+    wait: Duration,
+) -> anyhow::Result<Vec<T>> {
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await?;
-    client
-        .publish_with_reply(subject, inbox, Bytes::new())
-        .await?;
+    client.publish_with_reply(subject, inbox, body).await?;
     client.flush().await?;
     let deadline = Instant::now() + wait;
     let mut found = Vec::new();
