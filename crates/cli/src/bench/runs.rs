@@ -288,12 +288,16 @@ pub(crate) async fn payments(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
 }
 
 /// Records per second a consumer's workers acknowledge, from the first ack
-/// to drained, so process start-up is left out on both sides.
+/// seen to drained, so process start-up is left out on both sides. When the
+/// workers drain everything before the first look at the consumer (a tiny
+/// run on a busy machine), there is no interval to measure: the rate is then
+/// taken from `spawned`, start-up included, a lower bound rather than zero.
 async fn drain_rate(
     js: &jetstream::Context,
     stream: &str,
     consumer: &str,
     total: u64,
+    spawned: Instant,
 ) -> anyhow::Result<f64> {
     let s = js.get_stream(stream).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -313,8 +317,12 @@ async fn drain_rate(
                 && acked >= total
                 && let Some((at, from)) = first
             {
-                let secs = at.elapsed().as_secs_f64().max(1e-3);
-                return Ok((acked - from) as f64 / secs);
+                let (at, done) = if acked > from {
+                    (at, acked - from)
+                } else {
+                    (spawned, total)
+                };
+                return Ok(done as f64 / at.elapsed().as_secs_f64().max(1e-3));
             }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -341,6 +349,7 @@ pub(crate) async fn logs(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
     let total = count(&js, "LOGS").await?;
     let dir = env.dir.path().join("logstore");
     let bar = env.phase(&format!("logs: {n} records, 2 log-workers"), env.duration);
+    let spawned = Instant::now();
     for _ in 0..2 {
         env.spawn(
             "log-worker",
@@ -348,7 +357,7 @@ pub(crate) async fn logs(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
             &[("SWITCHYARD__LOGS__LOG_DIR", dir.display().to_string())],
         )?;
     }
-    let ours = drain_rate(&js, "LOGS", "log-workers", total).await?;
+    let ours = drain_rate(&js, "LOGS", "log-workers", total, spawned).await?;
     bar.finish_and_clear();
 
     let stream =
@@ -365,6 +374,7 @@ pub(crate) async fn logs(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
     let total = count(&js, "BENCH_LOGS").await?;
     let raw_dir = env.dir.path().join("raw").display().to_string();
     let bar = env.phase(&format!("logs: {n} records, 2 raw loops"), env.duration);
+    let spawned = Instant::now();
     for _ in 0..2 {
         env.spawn(
             "switchyard",
@@ -372,7 +382,7 @@ pub(crate) async fn logs(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
             &[],
         )?;
     }
-    let theirs = drain_rate(&js, "BENCH_LOGS", "bench-logs", total).await?;
+    let theirs = drain_rate(&js, "BENCH_LOGS", "bench-logs", total, spawned).await?;
     bar.finish_and_clear();
     Ok(vec![Metric::compared(
         "logs",
@@ -496,8 +506,12 @@ pub(crate) async fn footprint(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
             async move { throughput(&pool, ADD, &body(), INFLIGHT, d).await }
         });
         let mut peak: f64 = 0.0;
-        while !load.is_finished() {
+        // Sample at least once, even when the load ends before the first look.
+        loop {
             peak = peak.max(rss_mb(pid).unwrap_or(0.0));
+            if load.is_finished() {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         load.await??;
