@@ -29,6 +29,9 @@ pub struct Symbols {
     pub symbols: Vec<String>,
 }
 
+/// What a ticker publishes unless `stocks.symbols` says otherwise.
+pub const DEFAULT_SYMBOLS: [&str; 5] = ["AAPL", "MSFT", "GOOG", "AMZN", "NVDA"];
+
 /// Symbols are subject tokens: 1 to 16 of `A-Z 0-9 _ -`.
 pub fn valid_symbol(symbol: &str) -> bool {
     (1..=16).contains(&symbol.len())

@@ -17,7 +17,7 @@ pub mod walk;
 
 use async_nats::jetstream::{kv, stream};
 use protocol::names::{buckets, services, streams};
-use protocol::stocks::valid_symbol;
+use protocol::stocks::{DEFAULT_SYMBOLS, valid_symbol};
 use protocol::subjects;
 use runtime::{App, CancellationToken, Settings};
 use serde::{Deserialize, Serialize};
@@ -46,9 +46,7 @@ pub struct StockSettings {
 impl Default for StockSettings {
     fn default() -> Self {
         Self {
-            symbols: ["AAPL", "MSFT", "GOOG", "AMZN", "NVDA"]
-                .map(String::from)
-                .to_vec(),
+            symbols: DEFAULT_SYMBOLS.map(String::from).to_vec(),
             start_price: "100.00".into(),
             interval_ms: 1000,
             volatility_bp: 20,

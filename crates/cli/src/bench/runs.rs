@@ -6,6 +6,7 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
 use futures::future::join_all;
 use protocol::names::services;
+use protocol::stocks::DEFAULT_SYMBOLS;
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -419,15 +420,11 @@ async fn rate(
 pub(crate) async fn ticker(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
     let client = env.client().await?;
     let mut out = Vec::new();
-    // The configured schedule (5 symbols), then many symbols on the same 1 ms
-    // interval: the rate the ticker can sustain at all, not just keep up with.
-    for symbols in [5usize, 100] {
-        let names: Vec<String> = match symbols {
-            5 => ["AAPL", "MSFT", "GOOG", "AMZN", "NVDA"]
-                .map(String::from)
-                .to_vec(),
-            n => (0..n).map(|i| format!("S{i:03}")).collect(),
-        };
+    // The default symbols, then many symbols on the same 1 ms interval: the
+    // rate the ticker can sustain at all, not just keep up with.
+    let many: Vec<String> = (0..100).map(|i| format!("S{i:03}")).collect();
+    for names in [DEFAULT_SYMBOLS.map(String::from).to_vec(), many] {
+        let symbols = names.len();
         env.spawn(
             "stock-ticker",
             &[],
