@@ -63,7 +63,7 @@ pub(crate) async fn nats_only(args: NatsArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
-    runtime::telemetry::init(&runtime::settings::LogSettings {
+    runtime::telemetry::init(&runtime::settings::TelemetrySettings {
         format: runtime::settings::LogFormat::Compact,
         ..Default::default()
     });

@@ -74,6 +74,7 @@ struct EndpointDef {
 pub struct ServiceBuilder {
     client: Client,
     name: String,
+    id: Option<String>,
     version: String,
     description: String,
     queue_group: String,
@@ -101,6 +102,7 @@ impl ServiceBuilder {
         Self {
             client,
             name: name.into(),
+            id: None,
             version: version.into(),
             description: String::new(),
             queue_group: protocol::names::queue_groups::MICRO_DEFAULT.to_owned(),
@@ -111,6 +113,12 @@ impl ServiceBuilder {
             endpoints: Vec::new(),
             registration: None,
         }
+    }
+
+    /// The instance id (default: a fresh NUID).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
     }
 
     pub fn description(mut self, description: impl Into<String>) -> Self {
@@ -217,7 +225,7 @@ impl ServiceBuilder {
             "service name {:?} may only use A-Z, a-z, 0-9, '-' and '_'",
             self.name
         );
-        let id = nuid::next().to_string();
+        let id = self.id.clone().unwrap_or_else(|| nuid::next().to_string());
         let started = crate::time::now_rfc3339();
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();

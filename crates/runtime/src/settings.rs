@@ -33,7 +33,7 @@ pub const LIST_KEYS: [&str; 5] = [
 #[serde(default)]
 pub struct Settings {
     pub nats: NatsSettings,
-    pub log: LogSettings,
+    pub log: TelemetrySettings,
     pub service: ServiceSettings,
     pub jetstream: JetStreamSettings,
     /// Every layer, kept so service sections can be read later.
@@ -114,9 +114,11 @@ pub enum LogFormat {
     Json,
 }
 
+/// `[log]`: how this process writes (and optionally ships) its own logs.
+/// Not to be confused with the log-worker's store (`[logs]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
-pub struct LogSettings {
+pub struct TelemetrySettings {
     /// An `EnvFilter` directive such as `info` or `info,async_nats=warn`.
     /// `RUST_LOG`, when set, wins.
     pub level: String,
@@ -127,7 +129,7 @@ pub struct LogSettings {
     pub ship_level: String,
 }
 
-impl Default for LogSettings {
+impl Default for TelemetrySettings {
     fn default() -> Self {
         Self {
             level: "info,async_nats=warn".to_owned(),

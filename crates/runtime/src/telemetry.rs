@@ -2,20 +2,20 @@
 //! object per line when `log.format = "json"` (containers, log shippers).
 //! Logs go to stderr, so a command's stdout stays its output.
 
-use crate::settings::{LogFormat, LogSettings};
+use crate::settings::{LogFormat, TelemetrySettings};
 use std::io::IsTerminal as _;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Installs the global subscriber. `RUST_LOG`, when set, beats `log.level`.
 /// Calling it again (tests start several services in one process) is a no-op.
-pub fn init(settings: &LogSettings) {
+pub fn init(settings: &TelemetrySettings) {
     init_for(settings, None);
 }
 
 /// Like [`init`], and with `log.ship` also ships `service`'s events to
 /// `logs.<service>.<level>` once a connection exists (see [`crate::logship`]).
-pub fn init_for(settings: &LogSettings, service: Option<&str>) {
+pub fn init_for(settings: &TelemetrySettings, service: Option<&str>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|err| {

@@ -1,10 +1,22 @@
-//! A durable pull consumer worked by one instance: messages are handled
-//! concurrently (bounded), pulling pauses while maintenance mode is on, and
-//! on stop nothing new is taken while in-flight messages finish.
+//! Durable pull consumers worked by one instance, the same way in every
+//! service: messages are handled concurrently (bounded), pulling pauses
+//! while maintenance mode is on, and on stop:
+//!
+//! 1. nothing new is pulled; messages the server already sent us that no
+//!    handler started are nak'd at once, so another instance takes them now
+//!    rather than after the ack wait;
+//! 2. in-flight handlers finish, for up to the grace period;
+//! 3. handlers still running then are cancelled (their future dropped at its
+//!    next await) and their messages nak'd, as a crash would leave them, but
+//!    redelivered at once.
+//!
+//! A handler that panics is logged and its message nak'd; the worker goes on.
+//! [`App`](crate::App)'s builder runs these; services do not call them directly.
 
-use async_nats::jetstream::{self, consumer::PullConsumer};
-use futures::StreamExt as _;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::{FutureExt as _, StreamExt as _};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
@@ -24,49 +36,81 @@ pub fn backoff_after(delays_ms: &[u64], delivered: u32) -> Duration {
     )
 }
 
-/// Runs `handle` for each message of `consumer` until `stop` fires, with at
-/// most `concurrency` at once. `handle` acks, naks or terms the message.
-pub async fn run_pull<F, Fut>(
-    name: &str,
-    consumer: PullConsumer,
-    concurrency: usize,
-    mut maintenance: watch::Receiver<bool>,
-    stop: CancellationToken,
-    handle: F,
-) where
+/// How long to wait before pulling again after the server refused a pull.
+const PULL_RETRY: Duration = Duration::from_millis(500);
+
+/// What every worker loop needs besides its handler.
+#[derive(Debug, Clone)]
+pub struct WorkerContext {
+    /// Names the worker in logs.
+    pub name: String,
+    pub consumer: PullConsumer,
+    /// Messages handled at once ([`run_pull`]) or taken per batch ([`run_batch`]).
+    pub concurrency: usize,
+    pub maintenance: watch::Receiver<bool>,
+    /// Fires when the service stops.
+    pub stop: CancellationToken,
+    /// How long in-flight work may go on after `stop`.
+    pub grace: Duration,
+}
+
+/// Runs `handle` for each message until `stop` fires, with at most
+/// `concurrency` at once. `handle` acks, naks or terms its message.
+pub async fn run_pull<F, Fut>(ctx: WorkerContext, handle: F)
+where
     F: Fn(jetstream::Message) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let WorkerContext {
+        name,
+        consumer,
+        concurrency,
+        mut maintenance,
+        stop,
+        grace,
+    } = ctx;
+    let concurrency = concurrency.max(1);
     let handle = Arc::new(handle);
     let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let cancel_handlers = CancellationToken::new();
+    let permits = Arc::new(Semaphore::new(concurrency));
+    // The pull stream of the current round, kept so that on stop what it
+    // buffered can be given back.
+    let mut current = None;
     'pull: loop {
+        // A new round: whatever the last stream buffered goes back first.
+        give_back_buffered(&name, current.take()).await;
         if *maintenance.borrow_and_update() {
-            tracing::warn!(worker = name, "maintenance mode: paused");
+            tracing::warn!(worker = %name, "maintenance mode: paused");
             tokio::select! {
                 _ = stop.cancelled() => break 'pull,
                 _ = maintenance.wait_for(|on| !*on) => {
-                    tracing::info!(worker = name, "maintenance over: resuming");
+                    tracing::info!(worker = %name, "maintenance over: resuming");
                     continue 'pull;
                 }
             }
         }
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(concurrency.max(1))
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await;
-        let mut messages = match messages {
-            Ok(messages) => messages,
+        let pulled = tokio::select! {
+            _ = stop.cancelled() => break 'pull,
+            pulled = consumer
+                .stream()
+                .max_messages_per_batch(concurrency)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages() => pulled,
+        };
+        current = match pulled {
+            Ok(messages) => Some(messages),
             Err(err) => {
-                tracing::warn!(worker = name, error = %err, "cannot pull yet; retrying");
+                tracing::warn!(worker = %name, error = %err, "cannot pull yet; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => break 'pull,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue 'pull,
+                    _ = tokio::time::sleep(PULL_RETRY) => continue 'pull,
                 }
             }
+        };
+        let Some(messages) = current.as_mut() else {
+            continue 'pull;
         };
         loop {
             // A free slot first, so we never hold messages we cannot start.
@@ -88,19 +132,180 @@ pub async fn run_pull<F, Fut>(
             match next {
                 Some(Ok(message)) => {
                     let handle = handle.clone();
+                    let cancel = cancel_handlers.clone();
+                    let name = name.clone();
                     tracker.spawn(async move {
-                        handle(message).await;
+                        let held = message.clone();
+                        let run = AssertUnwindSafe(handle(message)).catch_unwind();
+                        let outcome = tokio::select! {
+                            biased;
+                            outcome = run => Some(outcome),
+                            _ = cancel.cancelled() => None,
+                        };
+                        match outcome {
+                            Some(Ok(())) => {}
+                            Some(Err(panic)) => {
+                                tracing::error!(worker = %name, panic = panic_message(&panic), "message handler panicked; the message is given back");
+                                nak_now(&name, &held).await;
+                            }
+                            None => {
+                                tracing::warn!(worker = %name, "message still in progress after the shutdown grace period; given back");
+                                nak_now(&name, &held).await;
+                            }
+                        }
                         drop(permit);
                     });
                 }
                 Some(Err(err)) => {
-                    tracing::warn!(worker = name, error = %err, "pull stream error; pulling again");
+                    tracing::warn!(worker = %name, error = %err, "pull stream error; pulling again");
                     continue 'pull;
                 }
                 None => continue 'pull,
             }
         }
     }
+    give_back_buffered(&name, current.take()).await;
     tracker.close();
-    tracker.wait().await;
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        cancel_handlers.cancel();
+        tracker.wait().await;
+    }
+}
+
+/// Runs `handle` on batches of up to `concurrency` messages until `stop`
+/// fires. A batch taken is finished when stopping (for up to the grace
+/// period; after it, every message of the batch is given back).
+pub async fn run_batch<F, Fut>(ctx: WorkerContext, handle: F)
+where
+    F: Fn(Vec<jetstream::Message>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let WorkerContext {
+        name,
+        consumer,
+        concurrency,
+        mut maintenance,
+        stop,
+        grace,
+    } = ctx;
+    let batch = concurrency.max(1);
+    loop {
+        if *maintenance.borrow_and_update() {
+            tracing::warn!(worker = %name, "maintenance mode: paused");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = maintenance.wait_for(|on| !*on) => continue,
+            }
+        }
+        let pulled = tokio::select! {
+            _ = stop.cancelled() => return,
+            pulled = consumer.batch().max_messages(batch).expires(Duration::from_millis(300)).messages() => pulled,
+        };
+        let mut pulled = match pulled {
+            Ok(pulled) => pulled,
+            Err(err) => {
+                tracing::warn!(worker = %name, error = %err, "cannot pull yet; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(PULL_RETRY) => continue,
+                }
+            }
+        };
+        let mut messages = Vec::with_capacity(batch);
+        while let Some(next) = pulled.next().await {
+            match next {
+                Ok(message) => messages.push(message),
+                Err(err) => {
+                    tracing::debug!(worker = %name, error = %err, "batch ended early");
+                    break;
+                }
+            }
+        }
+        if messages.is_empty() {
+            continue;
+        }
+        let held = messages.clone();
+        let run = AssertUnwindSafe(handle(messages)).catch_unwind();
+        let grace_over = async {
+            stop.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let outcome = tokio::select! {
+            biased;
+            outcome = run => Some(outcome),
+            () = grace_over => None,
+        };
+        match outcome {
+            Some(Ok(())) => {}
+            Some(Err(panic)) => {
+                tracing::error!(worker = %name, panic = panic_message(&panic), count = held.len(), "batch handler panicked; the batch is given back");
+                nak_all(&name, &held).await;
+            }
+            None => {
+                tracing::warn!(worker = %name, count = held.len(), "batch still in progress after the shutdown grace period; given back");
+                nak_all(&name, &held).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Naks what the server sent that no handler took yet.
+async fn give_back_buffered(name: &str, messages: Option<jetstream::consumer::pull::Stream>) {
+    let Some(mut messages) = messages else { return };
+    let mut given_back = 0usize;
+    while let Some(Some(next)) = messages.next().now_or_never() {
+        if let Ok(message) = next {
+            nak_now(name, &message).await;
+            given_back += 1;
+        }
+    }
+    if given_back > 0 {
+        tracing::info!(worker = name, given_back, "unstarted messages given back");
+    }
+}
+
+async fn nak_all(name: &str, messages: &[jetstream::Message]) {
+    for message in messages {
+        nak_now(name, message).await;
+    }
+}
+
+async fn nak_now(name: &str, message: &jetstream::Message) {
+    if let Err(err) = message.ack_with(AckKind::Nak(None)).await {
+        tracing::warn!(worker = name, error = %err, "could not give a message back; it comes again after its ack wait");
+    }
+}
+
+/// The text of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_uses_the_last_entry_past_the_end() {
+        assert_eq!(backoff_after(&[100, 200], 1), Duration::from_millis(100));
+        assert_eq!(backoff_after(&[100, 200], 2), Duration::from_millis(200));
+        assert_eq!(backoff_after(&[100, 200], 9), Duration::from_millis(200));
+        assert_eq!(backoff_after(&[], 3), Duration::from_secs(1));
+        assert_eq!(backoff_after(&[100], 0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn panic_messages_are_read_from_str_and_string() {
+        let p: Box<dyn std::any::Any + Send> = Box::new("boom");
+        assert_eq!(panic_message(p.as_ref()), "boom");
+        let p: Box<dyn std::any::Any + Send> = Box::new(String::from("bang"));
+        assert_eq!(panic_message(p.as_ref()), "bang");
+        let p: Box<dyn std::any::Any + Send> = Box::new(7u8);
+        assert_eq!(panic_message(p.as_ref()), "a panic without a message");
+    }
 }

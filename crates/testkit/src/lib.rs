@@ -9,12 +9,19 @@
 //!   is spawned with `PR_SET_PDEATHSIG` from a thread that lives as long as
 //!   the process, so it dies with us even on abort or SIGKILL.
 //! - [`shared`] is one cluster per test binary for tests that do not break it.
+//! - [`spawn_service`] starts a service in-process, [`spawn_process`] as a
+//!   child process (for real crashes); both return once it answers
+//!   `$SRV.PING`. [`eventually`] is the one poller tests wait with.
 
 mod cluster;
 mod process;
+mod service;
 
 pub use cluster::{Cluster, ClusterOptions, nats_server_bin, node_urls};
 pub use process::spawn_tied;
+pub use service::{
+    TAG_KEY, TestProcess, TestService, eventually, instances, spawn_process, spawn_service,
+};
 
 use tokio::sync::OnceCell;
 

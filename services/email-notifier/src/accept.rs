@@ -1,13 +1,11 @@
 //! `services.notification.email-send`: validate, make the mail durable in
 //! JetStream, then answer. Works as a request and as a plain publish.
 
-use crate::Ctx;
+use crate::Notifier;
 use async_nats::HeaderMap;
 use lettre::message::Mailbox;
 use protocol::email::{self, EmailAccepted, EmailJob, EmailKind, EmailRequest};
-use protocol::names::queue_groups;
-use protocol::{ErrorCode, ServiceError, subjects};
-use runtime::{App, ServiceBuilder};
+use protocol::{ErrorCode, ServiceError};
 use sha2::{Digest as _, Sha256};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -16,19 +14,6 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 const PUBLISH_BUDGET: Duration = Duration::from_secs(5);
-
-pub(crate) fn service(app: &App, ctx: Arc<Ctx>) -> ServiceBuilder {
-    app.service(crate::VERSION, crate::DESCRIPTION)
-        .queue_group(queue_groups::EMAIL_NOTIFIER)
-        .endpoint(
-            "email-send",
-            subjects::EMAIL_SEND,
-            move |req: EmailRequest| {
-                let ctx = ctx.clone();
-                async move { accept(&ctx, req).await }
-            },
-        )
-}
 
 /// The checked parts of a request.
 #[derive(Debug, PartialEq)]
@@ -100,7 +85,10 @@ pub(crate) fn email_id(idempotency_key: Option<&str>) -> String {
     }
 }
 
-async fn accept(ctx: &Ctx, req: EmailRequest) -> Result<EmailAccepted, ServiceError> {
+pub(crate) async fn accept(
+    ctx: Arc<Notifier>,
+    req: EmailRequest,
+) -> Result<EmailAccepted, ServiceError> {
     let now = OffsetDateTime::now_utc();
     let checked = check(&req, now, ctx.settings.max_schedule_days)?;
     let id = email_id(req.idempotency_key.as_deref());

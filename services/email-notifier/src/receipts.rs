@@ -3,34 +3,12 @@
 //! was down are not lost, and the Msg-Id `receipt.<payment_id>` keeps it to
 //! one receipt per payment.
 
-use crate::Ctx;
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use crate::Notifier;
+use async_nats::jetstream::{self, AckKind};
 use lettre::message::Mailbox;
 use protocol::email::{self, EmailJob, EmailKind};
 use protocol::payment::PaymentEvent;
 use std::sync::Arc;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-
-pub(crate) async fn run(
-    ctx: Arc<Ctx>,
-    consumer: PullConsumer,
-    maintenance: watch::Receiver<bool>,
-    stop: CancellationToken,
-) {
-    runtime::worker::run_pull(
-        "email-receipts",
-        consumer,
-        8,
-        maintenance,
-        stop,
-        move |message| {
-            let ctx = ctx.clone();
-            async move { receipt(&ctx, message).await }
-        },
-    )
-    .await;
-}
 
 /// The receipt for a completed payment, if it has a usable email.
 pub(crate) fn receipt_job(event: &PaymentEvent) -> Option<EmailJob> {
@@ -51,7 +29,8 @@ pub(crate) fn receipt_job(event: &PaymentEvent) -> Option<EmailJob> {
     })
 }
 
-async fn receipt(ctx: &Ctx, message: jetstream::Message) {
+pub(crate) async fn receipt(ctx: Arc<Notifier>, message: jetstream::Message) {
+    let ctx = ctx.as_ref();
     let event: PaymentEvent = match serde_json::from_slice(&message.payload) {
         Ok(event) => event,
         Err(err) => {

@@ -1,35 +1,13 @@
 //! Sends each mail of `email.outbox` once, retrying transport errors.
 
-use crate::Ctx;
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use crate::Notifier;
+use async_nats::jetstream::{self, AckKind};
 use protocol::email::{EmailEvent, EmailJob};
 use protocol::subjects;
 use std::sync::Arc;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-pub(crate) async fn run(
-    ctx: Arc<Ctx>,
-    consumer: PullConsumer,
-    maintenance: watch::Receiver<bool>,
-    stop: CancellationToken,
-) {
-    let concurrency = ctx.settings.concurrency;
-    runtime::worker::run_pull(
-        "email-sender",
-        consumer,
-        concurrency,
-        maintenance,
-        stop,
-        move |message| {
-            let ctx = ctx.clone();
-            async move { send(&ctx, message).await }
-        },
-    )
-    .await;
-}
-
-async fn send(ctx: &Ctx, message: jetstream::Message) {
+pub(crate) async fn send(ctx: Arc<Notifier>, message: jetstream::Message) {
+    let ctx = ctx.as_ref();
     let delivered = message
         .info()
         .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
@@ -73,7 +51,7 @@ async fn send(ctx: &Ctx, message: jetstream::Message) {
 }
 
 /// `events.email.sent` or, with an error, `events.email.failed`.
-async fn publish(ctx: &Ctx, job: &EmailJob, error: Option<String>) -> anyhow::Result<()> {
+async fn publish(ctx: &Notifier, job: &EmailJob, error: Option<String>) -> anyhow::Result<()> {
     let (subject, status) = match error {
         None => (subjects::EVENT_EMAIL_SENT, "sent"),
         Some(_) => (subjects::EVENT_EMAIL_FAILED, "failed"),

@@ -1,15 +1,15 @@
 //! `services.logs.stats` and `services.logs.query`.
 
+use crate::LogWorker;
 use crate::records::{self, Line};
-use crate::stats::Stats;
 use async_nats::jetstream::{consumer, stream};
 use futures::StreamExt as _;
 use protocol::logs::{LogEntry, LogQuery, LogQueryReply, LogStats, valid_service};
 use protocol::subjects::{self, LOG_LEVELS};
 use protocol::{ErrorCode, ServiceError};
 use runtime::micro::NoInput;
-use runtime::{App, ServiceBuilder};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -17,25 +17,20 @@ use time::format_description::well_known::Rfc3339;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
-pub(crate) fn service(app: &App, stats: Stats, stream: stream::Stream) -> ServiceBuilder {
-    app.service(crate::VERSION, crate::DESCRIPTION)
-        .endpoint("stats", subjects::LOGS_STATS, move |_: NoInput| {
-            let stats = stats.clone();
-            async move { read_stats(&stats).await }
-        })
-        .endpoint("query", subjects::LOGS_QUERY, move |query: LogQuery| {
-            let stream = stream.clone();
-            async move { run_query(&stream, query).await }
-        })
-}
-
-async fn read_stats(stats: &Stats) -> Result<LogStats, ServiceError> {
-    stats.read().await.map_err(|e| {
+pub(crate) async fn stats(state: Arc<LogWorker>, _: NoInput) -> Result<LogStats, ServiceError> {
+    state.stats.read().await.map_err(|e| {
         ServiceError::new(
             ErrorCode::Unavailable,
             format!("log stats unavailable: {e:#}"),
         )
     })
+}
+
+pub(crate) async fn query(
+    state: Arc<LogWorker>,
+    query: LogQuery,
+) -> Result<LogQueryReply, ServiceError> {
+    run_query(&state.stream, query).await
 }
 
 /// The checked query: stream filter, body filters, start, limit.

@@ -1,74 +1,18 @@
-//! Takes batches from the shared consumer and writes them to the files.
+//! One batch from the shared consumer, written to the files.
 
-use crate::Local;
-use crate::files::Files;
+use crate::LogWorker;
 use crate::records::{self, Line, REJECTED_FILE};
-use crate::stats::Stats;
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
-use futures::StreamExt as _;
+use async_nats::jetstream::{self, AckKind};
 use protocol::logs::LogStats;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-pub(crate) async fn run(
-    consumer: PullConsumer,
-    files: Files,
-    stats: Stats,
-    local: Arc<Local>,
-    batch: usize,
-    mut maintenance: watch::Receiver<bool>,
-    stop: CancellationToken,
-) {
-    let files = Arc::new(Mutex::new(files));
-    loop {
-        if *maintenance.borrow_and_update() {
-            tracing::warn!("maintenance mode: not writing logs");
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = maintenance.wait_for(|on| !*on) => continue,
-            }
-        }
-        let pulled = tokio::select! {
-            _ = stop.cancelled() => return,
-            pulled = consumer.batch().max_messages(batch).expires(Duration::from_millis(300)).messages() => pulled,
-        };
-        let mut pulled = match pulled {
-            Ok(pulled) => pulled,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot pull logs yet; retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                }
-            }
-        };
-        let mut messages = Vec::with_capacity(batch);
-        while let Some(next) = pulled.next().await {
-            match next {
-                Ok(message) => messages.push(message),
-                Err(err) => {
-                    tracing::debug!(error = %err, "batch ended early");
-                    break;
-                }
-            }
-        }
-        if !messages.is_empty() {
-            // A batch taken is finished, even when stopping.
-            write_batch(&messages, &files, &stats, &local).await;
-        }
-    }
-}
-
-async fn write_batch(
-    messages: &[jetstream::Message],
-    files: &Arc<Mutex<Files>>,
-    stats: &Stats,
-    local: &Local,
-) {
+/// Writes a batch to the files (records already there are skipped), counts
+/// it, then acks it; a batch that cannot be written is given back.
+pub(crate) async fn write_batch(state: Arc<LogWorker>, messages: Vec<jetstream::Message>) {
+    let messages = messages.as_slice();
     let mut by_file: HashMap<String, Vec<(u64, String)>> = HashMap::new();
     let mut kinds: HashMap<u64, (String, String)> = HashMap::new();
     for message in messages {
@@ -91,7 +35,7 @@ async fn write_batch(
             }
         }
     }
-    let files = files.clone();
+    let files = state.files.clone();
     let written = tokio::task::spawn_blocking(move || {
         let mut files = files
             .lock()
@@ -123,8 +67,11 @@ async fn write_batch(
             }
         }
     }
-    local.written.fetch_add(delta.processed, Ordering::Relaxed);
-    if let Err(err) = stats.add(&delta).await {
+    state
+        .counters
+        .written
+        .fetch_add(delta.processed, Ordering::Relaxed);
+    if let Err(err) = state.stats.add(&delta).await {
         // The records are safe in the files; only the counters lag.
         tracing::warn!(error = %format!("{err:#}"), "log stats not updated for a batch");
     }

@@ -3,7 +3,7 @@
 //! instances share the load.
 
 use protocol::ServiceError;
-use protocol::math::{CalculateRequest, OperandsRequest, Operation};
+use protocol::math::{CalculateReply, CalculateRequest, OperandsRequest, Operation};
 use protocol::names::services;
 use protocol::subjects;
 use runtime::{App, CancellationToken, Settings};
@@ -31,30 +31,32 @@ pub struct MathSettings {
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let math: MathSettings = settings.section("math")?;
     let delay = Duration::from_millis(math.delay_ms);
-    let Some(app) = App::start(services::MATH, settings, shutdown).await? else {
-        return Ok(());
-    };
-    let mut builder = app.service(VERSION, DESCRIPTION).endpoint(
-        "calculate",
-        subjects::MATH_CALCULATE,
-        move |req: CalculateRequest| async move {
-            pause(delay).await;
-            let op = Operation::parse(&req.operation).ok_or_else(|| unknown(&req.operation))?;
-            calculate(op, req.a, req.b)
-        },
-    );
+    let app = App::connect(services::MATH, settings, shutdown).await?;
+    let mut service = app
+        .service(VERSION, DESCRIPTION)
+        .with_state(delay)
+        .endpoint("calculate", subjects::MATH_CALCULATE, calculate_named);
     for op in Operation::ALL {
-        builder = builder.endpoint(
+        service = service.endpoint(
             op.as_str(),
-            subjects::math_operation(op),
-            move |req: OperandsRequest| async move {
+            &subjects::math_operation(op),
+            move |delay, req: OperandsRequest| async move {
                 pause(delay).await;
                 calculate(op, req.a, req.b)
             },
         );
     }
-    let service = builder.start().await?;
-    app.serve(vec![service]).await
+    service.serve().await
+}
+
+/// `services.math.calculate`: the operation is named in the request.
+async fn calculate_named(
+    delay: Duration,
+    req: CalculateRequest,
+) -> Result<CalculateReply, ServiceError> {
+    pause(delay).await;
+    let op = Operation::parse(&req.operation).ok_or_else(|| unknown(&req.operation))?;
+    calculate(op, req.a, req.b)
 }
 
 async fn pause(delay: Duration) {

@@ -1,37 +1,15 @@
 //! `services.payment.status` and `services.payment.replay`.
 
-use crate::worker::Ctx;
+use crate::state::Processor;
 use async_nats::HeaderMap;
 use protocol::payment::{
     PaymentIdRequest, PaymentStatus, REPLAY_HEADER, ReplayReply, StatusReply, valid_payment_id,
 };
 use protocol::{ErrorCode, ServiceError, subjects};
-use runtime::{App, ServiceBuilder};
 use std::sync::Arc;
 use std::time::Duration;
 
 const REPLAY_PUBLISH_BUDGET: Duration = Duration::from_secs(5);
-
-pub(crate) fn service(app: &App, ctx: Arc<Ctx>) -> ServiceBuilder {
-    let status_ctx = ctx.clone();
-    app.service(crate::VERSION, crate::DESCRIPTION)
-        .endpoint(
-            "status",
-            subjects::PAYMENT_STATUS,
-            move |req: PaymentIdRequest| {
-                let ctx = status_ctx.clone();
-                async move { status(&ctx, req).await }
-            },
-        )
-        .endpoint(
-            "replay",
-            subjects::PAYMENT_REPLAY,
-            move |req: PaymentIdRequest| {
-                let ctx = ctx.clone();
-                async move { replay(&ctx, req).await }
-            },
-        )
-}
 
 fn check_id(id: &str) -> Result<(), ServiceError> {
     if valid_payment_id(id) {
@@ -50,7 +28,10 @@ fn unavailable(err: anyhow::Error) -> ServiceError {
     )
 }
 
-async fn status(ctx: &Ctx, req: PaymentIdRequest) -> Result<StatusReply, ServiceError> {
+pub(crate) async fn status(
+    ctx: Arc<Processor>,
+    req: PaymentIdRequest,
+) -> Result<StatusReply, ServiceError> {
     check_id(&req.payment_id)?;
     match ctx.store.get(&req.payment_id).await.map_err(unavailable)? {
         Some((record, _)) => Ok(StatusReply::from(&record)),
@@ -61,7 +42,10 @@ async fn status(ctx: &Ctx, req: PaymentIdRequest) -> Result<StatusReply, Service
     }
 }
 
-async fn replay(ctx: &Ctx, req: PaymentIdRequest) -> Result<ReplayReply, ServiceError> {
+pub(crate) async fn replay(
+    ctx: Arc<Processor>,
+    req: PaymentIdRequest,
+) -> Result<ReplayReply, ServiceError> {
     check_id(&req.payment_id)?;
     let Some((record, _)) = ctx.store.get(&req.payment_id).await.map_err(unavailable)? else {
         return Err(ServiceError::new(

@@ -1,73 +1,15 @@
-//! Pulls payments from the shared durable consumer and applies each once.
+//! One payment message, applied once: decode, claim, rules, charge, finish.
 
-use crate::PaymentSettings;
-use crate::dlq::{Dlq, Entry};
-use crate::gateway::{Charge, Gateway};
-use crate::rules::{self, Rules};
-use crate::store::{Claim, Store};
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
-use protocol::payment::{DlqReason, PaymentEvent, PaymentRecord, PaymentStatus, REPLAY_HEADER};
-use protocol::subjects;
+use crate::dlq::Entry;
+use crate::gateway::Charge;
+use crate::rules;
+use crate::state::Processor;
+use crate::store::Claim;
+use async_nats::jetstream::{self, AckKind};
+use protocol::payment::{DlqReason, PaymentRecord, PaymentStatus, REPLAY_HEADER};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-
-/// Everything a payment needs, shared by the worker, the endpoints and the
-/// advisory handler.
-#[derive(Debug)]
-pub(crate) struct Ctx {
-    pub(crate) js: jetstream::Context,
-    pub(crate) store: Store,
-    pub(crate) dlq: Dlq,
-    pub(crate) rules: Rules,
-    pub(crate) gateway: Arc<dyn Gateway>,
-    pub(crate) settings: PaymentSettings,
-}
-
-impl Ctx {
-    /// How long infrastructure calls are retried.
-    pub(crate) fn budget(&self) -> Duration {
-        Duration::from_millis(self.settings.infra_retry_ms)
-    }
-
-    fn gateway_timeout(&self) -> Duration {
-        Duration::from_millis(self.settings.gateway_timeout_ms)
-    }
-
-    /// How long a claim holds against *other* messages for the same payment.
-    fn lease(&self) -> Duration {
-        self.gateway_timeout() + self.budget()
-    }
-
-    /// `events.payment.<status>` with `Nats-Msg-Id: <id>.<status>` (plus
-    /// `.r<n>` for replay n), so publishing it again is a no-op.
-    pub(crate) async fn publish_event(&self, record: &PaymentRecord) -> anyhow::Result<()> {
-        let subject = match record.status {
-            PaymentStatus::Completed => subjects::EVENT_PAYMENT_COMPLETED,
-            PaymentStatus::Failed => subjects::EVENT_PAYMENT_FAILED,
-            PaymentStatus::Pending | PaymentStatus::Processing => return Ok(()),
-        };
-        let mut msg_id = format!("{}.{}", record.payment_id, record.status);
-        if record.replays > 0 {
-            msg_id.push_str(&format!(".r{}", record.replays));
-        }
-        let event = PaymentEvent {
-            payment_id: record.payment_id.clone(),
-            user_id: record.user_id.clone(),
-            amount: record.amount.clone(),
-            currency: record.currency.clone(),
-            email: record.email.clone(),
-            status: record.status,
-            reason: record.reason.clone(),
-            at: record.updated_at.clone(),
-        };
-        let body = serde_json::to_vec(&event)?;
-        runtime::js::publish_durable(&self.js, subject, &msg_id, None, body.into(), self.budget())
-            .await?;
-        Ok(())
-    }
-}
 
 /// What to tell the server about a message.
 #[derive(Debug, PartialEq, Eq)]
@@ -80,30 +22,9 @@ enum Outcome {
     Leave,
 }
 
-/// Pulls until `stop`; pauses while maintenance mode is on.
-pub(crate) async fn run(
-    ctx: Arc<Ctx>,
-    consumer: PullConsumer,
-    maintenance: watch::Receiver<bool>,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
-    let concurrency = ctx.settings.concurrency;
-    runtime::worker::run_pull(
-        "payments",
-        consumer,
-        concurrency,
-        maintenance,
-        stop,
-        move |message| {
-            let ctx = ctx.clone();
-            async move { process(&ctx, message).await }
-        },
-    )
-    .await;
-    Ok(())
-}
-
-async fn process(ctx: &Ctx, message: jetstream::Message) {
+/// Handles one delivery of a payment message: acks, naks or terms it.
+pub(crate) async fn process(ctx: Arc<Processor>, message: jetstream::Message) {
+    let ctx = ctx.as_ref();
     let Ok(info) = message.info() else {
         tracing::error!("a pulled message without JetStream metadata");
         return;
@@ -160,7 +81,7 @@ async fn process(ctx: &Ctx, message: jetstream::Message) {
 }
 
 async fn handle(
-    ctx: &Ctx,
+    ctx: &Processor,
     message: &jetstream::Message,
     seq: u64,
     delivered: u32,
@@ -256,7 +177,7 @@ async fn handle(
 /// Records the final state, then publishes its event, then lets `outcome`
 /// go to the server. A crash in between is repaired by the redelivery.
 async fn finish(
-    ctx: &Ctx,
+    ctx: &Processor,
     mut record: PaymentRecord,
     revision: u64,
     outcome: Outcome,

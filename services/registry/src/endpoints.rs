@@ -1,58 +1,15 @@
 //! register, heartbeat, deregister, lookup.<name>, list.
 
-use crate::RegistrySettings;
-use crate::store::{Store, healthy, info, now_ms};
+use crate::Registry;
+use crate::store::{healthy, info, now_ms};
 use protocol::registry::{
     InstanceRef, ListReply, LookupReply, OkReply, RegisterReply, RegisterRequest, Registration, key,
 };
-use protocol::{ErrorCode, ServiceError, subjects};
+use protocol::{ErrorCode, ServiceError};
 use runtime::micro::NoInput;
-use runtime::{App, ServiceBuilder};
 use std::sync::Arc;
 
 const MAX_TTL_S: u64 = 3600;
-
-pub(crate) fn service(app: &App, store: Store, settings: RegistrySettings) -> ServiceBuilder {
-    let ctx = Arc::new((store, settings));
-    let (c1, c2, c3, c4, c5) = (ctx.clone(), ctx.clone(), ctx.clone(), ctx.clone(), ctx);
-    app.service(crate::VERSION, crate::DESCRIPTION)
-        .endpoint(
-            "register",
-            subjects::REGISTRY_REGISTER,
-            move |req: RegisterRequest| {
-                let ctx = c1.clone();
-                async move { register(&ctx.0, &ctx.1, req).await }
-            },
-        )
-        .endpoint(
-            "heartbeat",
-            subjects::REGISTRY_HEARTBEAT,
-            move |req: InstanceRef| {
-                let ctx = c2.clone();
-                async move { heartbeat(&ctx.0, req).await }
-            },
-        )
-        .endpoint(
-            "deregister",
-            subjects::REGISTRY_DEREGISTER,
-            move |req: InstanceRef| {
-                let ctx = c3.clone();
-                async move { deregister(&ctx.0, req).await }
-            },
-        )
-        .endpoint_with_subject(
-            "lookup",
-            format!("{}.*", subjects::REGISTRY_LOOKUP_PREFIX),
-            move |subject: String, _: NoInput| {
-                let ctx = c4.clone();
-                async move { lookup(&ctx.0, &subject).await }
-            },
-        )
-        .endpoint("list", subjects::REGISTRY_LIST, move |_: NoInput| {
-            let ctx = c5.clone();
-            async move { list(&ctx.0).await }
-        })
-}
 
 fn check_token(what: &str, value: &str) -> Result<(), ServiceError> {
     if (1..=128).contains(&value.len())
@@ -75,11 +32,11 @@ fn unavailable(err: anyhow::Error) -> ServiceError {
     )
 }
 
-async fn register(
-    store: &Store,
-    settings: &RegistrySettings,
+pub(crate) async fn register(
+    state: Arc<Registry>,
     req: RegisterRequest,
 ) -> Result<RegisterReply, ServiceError> {
+    let (store, settings) = (&state.store, &state.settings);
     check_token("name", &req.name)?;
     check_token("instance_id", &req.instance_id)?;
     let ttl_s = req.ttl_s.unwrap_or(settings.default_ttl_s);
@@ -106,11 +63,14 @@ async fn register(
     Ok(RegisterReply { ok: true, ttl_s })
 }
 
-async fn heartbeat(store: &Store, req: InstanceRef) -> Result<OkReply, ServiceError> {
+pub(crate) async fn heartbeat(
+    state: Arc<Registry>,
+    req: InstanceRef,
+) -> Result<OkReply, ServiceError> {
     check_token("name", &req.name)?;
     check_token("instance_id", &req.instance_id)?;
     let k = key(&req.name, &req.instance_id);
-    let Some(mut registration) = store.get(&k).await.map_err(unavailable)? else {
+    let Some(mut registration) = state.store.get(&k).await.map_err(unavailable)? else {
         return Err(ServiceError::new(
             ErrorCode::NotFound,
             format!(
@@ -120,14 +80,22 @@ async fn heartbeat(store: &Store, req: InstanceRef) -> Result<OkReply, ServiceEr
         ));
     };
     registration.last_seen_ms = now_ms();
-    store.put(&k, &registration).await.map_err(unavailable)?;
+    state
+        .store
+        .put(&k, &registration)
+        .await
+        .map_err(unavailable)?;
     Ok(OkReply { ok: true })
 }
 
-async fn deregister(store: &Store, req: InstanceRef) -> Result<OkReply, ServiceError> {
+pub(crate) async fn deregister(
+    state: Arc<Registry>,
+    req: InstanceRef,
+) -> Result<OkReply, ServiceError> {
     check_token("name", &req.name)?;
     check_token("instance_id", &req.instance_id)?;
-    store
+    state
+        .store
         .delete(&key(&req.name, &req.instance_id))
         .await
         .map_err(unavailable)?;
@@ -135,11 +103,15 @@ async fn deregister(store: &Store, req: InstanceRef) -> Result<OkReply, ServiceE
     Ok(OkReply { ok: true })
 }
 
-async fn lookup(store: &Store, subject: &str) -> Result<LookupReply, ServiceError> {
+pub(crate) async fn lookup(
+    state: Arc<Registry>,
+    subject: String,
+    _: NoInput,
+) -> Result<LookupReply, ServiceError> {
     let name = subject.rsplit('.').next().unwrap_or_default();
     check_token("name", name)?;
     let now = now_ms();
-    let instances = store.all(Some(name)).await.map_err(unavailable)?;
+    let instances = state.store.all(Some(name)).await.map_err(unavailable)?;
     Ok(LookupReply {
         name: name.to_owned(),
         instances: instances
@@ -150,10 +122,10 @@ async fn lookup(store: &Store, subject: &str) -> Result<LookupReply, ServiceErro
     })
 }
 
-async fn list(store: &Store) -> Result<ListReply, ServiceError> {
+pub(crate) async fn list(state: Arc<Registry>, _: NoInput) -> Result<ListReply, ServiceError> {
     let now = now_ms();
     let mut reply = ListReply::default();
-    for (r, _) in store.all(None).await.map_err(unavailable)? {
+    for (r, _) in state.store.all(None).await.map_err(unavailable)? {
         let count = reply.services.entry(r.name.clone()).or_insert(0);
         if healthy(&r, now) {
             *count += 1;

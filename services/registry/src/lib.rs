@@ -13,8 +13,11 @@ mod store;
 
 use async_nats::jetstream::{kv, stream};
 use protocol::names::{buckets, services};
+use protocol::subjects;
 use runtime::{App, CancellationToken, Settings};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -45,15 +48,29 @@ impl Default for RegistrySettings {
     }
 }
 
+/// The registry's state, shared by the endpoints, the reaper and `/metrics`.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    pub(crate) client: async_nats::Client,
+    pub(crate) store: store::Store,
+    pub(crate) settings: RegistrySettings,
+}
+
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let registry: RegistrySettings = settings.section("registry")?;
     anyhow::ensure!(
         registry.remove_after_ttls >= 1,
         "registry.remove_after_ttls must be at least 1"
     );
-    let Some(app) = App::start(services::REGISTRY, settings, shutdown).await? else {
-        return Ok(());
+    let metrics = match registry.metrics_addr.as_str() {
+        "" => None,
+        addr => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen for /metrics on {addr}: {e}"))?,
+        ),
     };
+    let app = App::connect(services::REGISTRY, settings, shutdown).await?;
     let kv = runtime::js::ensure_kv(
         &app.jetstream,
         kv::Config {
@@ -66,55 +83,54 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         },
     )
     .await?;
-    let store = store::Store { kv };
-
-    let mut metadata = std::collections::BTreeMap::new();
-    let metrics = if registry.metrics_addr.is_empty() {
-        None
-    } else {
-        let listener = tokio::net::TcpListener::bind(&registry.metrics_addr)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot listen for /metrics on {}: {e}",
-                    registry.metrics_addr
-                )
-            })?;
+    let state = Arc::new(Registry {
+        client: app.client().clone(),
+        store: store::Store { kv },
+        settings: registry,
+    });
+    let mut service = app
+        .service(VERSION, DESCRIPTION)
+        .with_state(state)
+        .endpoint("register", subjects::REGISTRY_REGISTER, endpoints::register)
+        .endpoint(
+            "heartbeat",
+            subjects::REGISTRY_HEARTBEAT,
+            endpoints::heartbeat,
+        )
+        .endpoint(
+            "deregister",
+            subjects::REGISTRY_DEREGISTER,
+            endpoints::deregister,
+        )
+        .endpoint_with_subject(
+            "lookup",
+            &format!("{}.*", subjects::REGISTRY_LOOKUP_PREFIX),
+            endpoints::lookup,
+        )
+        .endpoint("list", subjects::REGISTRY_LIST, endpoints::list)
+        .task("reaper", reap);
+    if let Some(listener) = metrics {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
-        metadata.insert("metrics".to_owned(), format!("http://{addr}/metrics"));
-        Some(tokio::spawn(metrics::serve(
-            listener,
-            app.client().clone(),
-            store.clone(),
-            app.shutdown_token().clone(),
-        )))
-    };
-    let reaper = tokio::spawn(reap(
-        store.clone(),
-        registry.clone(),
-        app.shutdown_token().clone(),
-    ));
-    let service = endpoints::service(&app, store, registry)
-        .metadata(metadata)
-        .start()
-        .await?;
-    app.shutdown_token().cancelled().await;
-    let _ = reaper.await;
-    if let Some(metrics) = metrics {
-        let _ = metrics.await;
+        let url = format!("http://{addr}/metrics");
+        service = service
+            .metadata(BTreeMap::from([("metrics".to_owned(), url)]))
+            .task("metrics", move |state, stop| {
+                metrics::serve(state, listener, stop)
+            });
     }
-    app.serve(vec![service]).await
+    service.serve().await
 }
 
-async fn reap(store: store::Store, settings: RegistrySettings, stop: CancellationToken) {
-    let every = Duration::from_millis(settings.reap_every_ms.max(100));
+/// Removes instances silent for `remove_after_ttls` TTLs, every `reap_every_ms`.
+async fn reap(state: Arc<Registry>, stop: CancellationToken) -> anyhow::Result<()> {
+    let every = Duration::from_millis(state.settings.reap_every_ms.max(100));
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return Ok(()),
             _ = tokio::time::sleep(every) => {}
         }
-        if let Err(err) = store.reap(settings.remove_after_ttls).await {
+        if let Err(err) = state.store.reap(state.settings.remove_after_ttls).await {
             tracing::debug!(error = %format!("{err:#}"), "reaper pass failed");
         }
     }

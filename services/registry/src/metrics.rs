@@ -2,8 +2,9 @@
 //! time per endpoint) plus registry health gauges, gathered at scrape time
 //! and encoded by `prometheus-client` (OpenMetrics text).
 
-use crate::store::{Store, healthy, now_ms};
-use async_nats::Client;
+use crate::Registry;
+use crate::store::{healthy, now_ms};
+use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -13,39 +14,32 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as Metrics;
 use protocol::micro::{StatsResponse, Verb};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 type Labels = Vec<(String, String)>;
 
-#[derive(Clone)]
-struct Ctx {
-    client: Client,
-    store: Store,
-}
-
+/// Serves `GET /metrics` until `stop`.
 pub(crate) async fn serve(
+    state: Arc<Registry>,
     listener: tokio::net::TcpListener,
-    client: Client,
-    store: Store,
     stop: CancellationToken,
-) {
+) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(scrape))
-        .with_state(Ctx { client, store });
-    let served = axum::serve(listener, app)
+        .with_state(state);
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    if let Err(err) = served {
-        tracing::error!(error = %err, "metrics server failed");
-    }
+        .await
+        .context("the metrics server failed")
 }
 
-async fn scrape(State(ctx): State<Ctx>) -> impl IntoResponse {
+async fn scrape(State(ctx): State<Arc<Registry>>) -> impl IntoResponse {
     match render(&ctx).await {
         Ok(text) => (
             StatusCode::OK,
@@ -63,7 +57,7 @@ async fn scrape(State(ctx): State<Ctx>) -> impl IntoResponse {
     }
 }
 
-async fn render(ctx: &Ctx) -> anyhow::Result<String> {
+async fn render(ctx: &Registry) -> anyhow::Result<String> {
     let stats: Vec<StatsResponse> =
         runtime::client::discover(&ctx.client, Verb::Stats, None, Duration::from_millis(250))
             .await?;
@@ -81,7 +75,7 @@ pub(crate) fn encode_metrics<'a>(
     stats: &[StatsResponse],
     registrations: impl Iterator<Item = (&'a str, bool)>,
 ) -> anyhow::Result<String> {
-    let mut registry = Registry::with_prefix("switchyard");
+    let mut registry = Metrics::with_prefix("switchyard");
     let requests = Family::<Labels, Counter>::default();
     let errors = Family::<Labels, Counter>::default();
     let seconds = Family::<Labels, Counter<f64, AtomicU64>>::default();

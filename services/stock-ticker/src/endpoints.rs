@@ -1,32 +1,27 @@
 //! `services.stocks.snapshot` and `services.stocks.symbols`, answered from
 //! the stream by any instance, leader or not.
 
+use crate::leader::Ticker;
 use async_nats::jetstream::stream;
 use protocol::stocks::{Snapshot, Symbols, Tick};
 use protocol::{ErrorCode, ServiceError, subjects};
 use runtime::micro::NoInput;
-use runtime::{App, ServiceBuilder};
 use std::sync::Arc;
 
-pub(crate) fn service(app: &App, stream: stream::Stream, symbols: Vec<String>) -> ServiceBuilder {
-    let symbols = Arc::new(symbols);
-    let for_list = symbols.clone();
-    app.service(crate::VERSION, crate::DESCRIPTION)
-        .endpoint("snapshot", subjects::STOCKS_SNAPSHOT, move |_: NoInput| {
-            let (stream, symbols) = (stream.clone(), symbols.clone());
-            async move { snapshot(&stream, &symbols).await }
-        })
-        .endpoint("symbols", subjects::STOCKS_SYMBOLS, move |_: NoInput| {
-            let symbols = for_list.clone();
-            async move {
-                Ok::<_, ServiceError>(Symbols {
-                    symbols: symbols.to_vec(),
-                })
-            }
-        })
+pub(crate) async fn symbols(ticker: Arc<Ticker>, _: NoInput) -> Result<Symbols, ServiceError> {
+    Ok(Symbols {
+        symbols: ticker.settings.symbols.clone(),
+    })
 }
 
-async fn snapshot(stream: &stream::Stream, symbols: &[String]) -> Result<Snapshot, ServiceError> {
+pub(crate) async fn snapshot(ticker: Arc<Ticker>, _: NoInput) -> Result<Snapshot, ServiceError> {
+    read_snapshot(&ticker.stream, &ticker.settings.symbols).await
+}
+
+async fn read_snapshot(
+    stream: &stream::Stream,
+    symbols: &[String],
+) -> Result<Snapshot, ServiceError> {
     let mut out = Snapshot::default();
     for symbol in symbols {
         let subject = subjects::stock(symbol).map_err(|e| ServiceError::internal(e.to_string()))?;

@@ -8,12 +8,14 @@ use protocol::stocks::Tick;
 use rand::SeedableRng as _;
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "leader";
 
+/// The ticker's state: what it publishes, where, and its lease.
 pub(crate) struct Ticker {
     pub(crate) js: jetstream::Context,
     pub(crate) stream: stream::Stream,
@@ -41,7 +43,7 @@ impl Ticker {
             .into()
     }
 
-    pub(crate) async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
+    pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) -> anyhow::Result<()> {
         loop {
             // Standby: the lease key expires (bucket max_age) when its holder
             // stops renewing; creating it is taking the lead.

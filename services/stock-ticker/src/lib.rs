@@ -21,6 +21,7 @@ use protocol::stocks::{DEFAULT_SYMBOLS, valid_symbol};
 use protocol::subjects;
 use runtime::{App, CancellationToken, Settings};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -86,9 +87,7 @@ impl StockSettings {
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let stocks: StockSettings = settings.section("stocks")?;
     stocks.validate()?;
-    let Some(app) = App::start(services::STOCK_TICKER, settings, shutdown).await? else {
-        return Ok(());
-    };
+    let app = App::connect(services::STOCK_TICKER, settings, shutdown).await?;
     let stream = runtime::js::ensure_stream(
         &app.jetstream,
         stream::Config {
@@ -118,20 +117,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         },
     )
     .await?;
-    let service = endpoints::service(&app, stream.clone(), stocks.symbols.clone())
-        .start()
-        .await?;
-    let ticker = leader::Ticker {
+    let ticker = Arc::new(leader::Ticker {
         js: app.jetstream.clone(),
         stream,
         lease,
         settings: stocks,
-        instance: service.id().to_owned(),
-    };
-    let work = tokio::spawn(ticker.run(app.shutdown_token().clone()));
-    app.shutdown_token().cancelled().await;
-    if let Ok(Err(err)) = work.await {
-        tracing::error!(error = %format!("{err:#}"), "ticker failed");
-    }
-    app.serve(vec![service]).await
+        instance: app.id().to_owned(),
+    });
+    app.service(VERSION, DESCRIPTION)
+        .with_state(ticker)
+        .endpoint("snapshot", subjects::STOCKS_SNAPSHOT, endpoints::snapshot)
+        .endpoint("symbols", subjects::STOCKS_SYMBOLS, endpoints::symbols)
+        .task("ticker", leader::Ticker::run)
+        .serve()
+        .await
 }
