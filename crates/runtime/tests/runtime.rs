@@ -128,9 +128,8 @@ async fn a_lone_server_gets_one_replica_and_maintenance_still_works() {
     let lone = testkit::Cluster::start(1).await.unwrap();
     let settings = Settings::load_with([("nats.urls", Value::from(lone.urls()))]).unwrap();
     assert_eq!(settings.jetstream.replicas, 3);
-    let app = App::start("lone", settings, CancellationToken::new())
+    let app = App::connect("lone", settings, CancellationToken::new())
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(app.replicas(), 1);
 
@@ -148,9 +147,8 @@ async fn a_lone_server_gets_one_replica_and_maintenance_still_works() {
 
     let clustered = testkit::shared().await;
     let settings = Settings::load_with([("nats.urls", Value::from(clustered.urls()))]).unwrap();
-    let app = App::start("clustered", settings, CancellationToken::new())
+    let app = App::connect("clustered", settings, CancellationToken::new())
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(app.replicas(), 3);
 }
@@ -174,6 +172,6 @@ async fn shutdown_while_waiting_for_nats_is_a_clean_exit() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         cancel.cancel();
     });
-    let app = App::start("nobody", settings, shutdown).await.unwrap();
-    assert!(app.is_none());
+    let err = App::connect("nobody", settings, shutdown).await.unwrap_err();
+    assert!(runtime::is_stopped(&err), "{err:#}");
 }

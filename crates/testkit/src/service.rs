@@ -263,8 +263,15 @@ impl TestProcess {
     /// SIGTERM (graceful), then waits up to `within` for it to exit; returns
     /// its exit status (`None` if it had to be killed).
     pub async fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait(within).await
+    }
+
+    /// Waits up to `within` for it to exit (after a signal sent with
+    /// [`signal`](Self::signal)); returns its exit status, or `None` if it
+    /// had to be killed.
+    pub async fn wait(&mut self, within: Duration) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        crate::cluster::terminate(child.id());
         wait_exit(&mut child, within).await
     }
 

@@ -19,65 +19,25 @@ use protocol::{ErrorCode, subjects};
 use rand::{Rng, SeedableRng};
 use runtime::client::{CallError, call, discover, request_raw};
 use runtime::settings::Value;
-use runtime::{CancellationToken, Settings};
 use serde_json::{Value as Json, json};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use testkit::Cluster;
+use testkit::{Cluster, TestService, eventually};
 use tokio::time::Instant;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A math-service instance running in this process.
-struct Math {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    tag: String,
+/// Starts a math-service instance in this process.
+async fn start_math(cluster: &Cluster, overrides: &[(&str, Value)]) -> TestService {
+    testkit::spawn_service(math_service::run, cluster, overrides).await
 }
 
-impl Math {
-    /// Starts an instance tagged `tag` in its `$SRV` metadata and waits until
-    /// it answers discovery.
-    async fn start(urls: Vec<String>, tag: &str, extra: &[(&str, Value)]) -> Math {
-        let mut overrides = vec![
-            ("nats.urls".to_owned(), Value::from(urls.clone())),
-            ("service.metadata.test".to_owned(), Value::from(tag)),
-        ];
-        overrides.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-        let settings = Settings::load_with(overrides).unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(math_service::run(settings, shutdown.clone()));
-        let math = Math {
-            shutdown,
-            task,
-            tag: tag.to_owned(),
-        };
-        let client = async_nats::connect(urls).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while math.instances(&client).await.is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "math instance {tag} did not start"
-            );
-        }
-        math
-    }
-
-    async fn instances(&self, client: &async_nats::Client) -> Vec<PingResponse> {
-        instances_tagged(client, &self.tag).await
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-async fn instances_tagged(client: &async_nats::Client, tag: &str) -> Vec<PingResponse> {
-    discover::<PingResponse>(client, Verb::Ping, Some("math"), Duration::from_millis(200))
+/// The `$SRV.PING` replies of these instances.
+async fn answering(client: &async_nats::Client, ids: &[&str]) -> Vec<PingResponse> {
+    testkit::instances(client, "math")
         .await
-        .unwrap()
         .into_iter()
-        .filter(|p| p.metadata.get("test").map(String::as_str) == Some(tag))
+        .filter(|p| ids.contains(&p.id.as_str()))
         .collect()
 }
 
@@ -141,7 +101,7 @@ async fn result(client: &async_nats::Client, subject: &str, body: Json) -> f64 {
 #[tokio::test]
 async fn every_operation_and_every_error() {
     let cluster = testkit::shared().await;
-    let math = Math::start(cluster.urls(), "ops", &[]).await;
+    let math = start_math(cluster, &[]).await;
     let client = cluster.client().await.unwrap();
     let calc = subjects::MATH_CALCULATE;
 
@@ -264,7 +224,7 @@ async fn every_operation_and_every_error() {
 #[tokio::test]
 async fn random_bytes_never_break_the_service() {
     let cluster = testkit::shared().await;
-    let math = Math::start(cluster.urls(), "fuzz", &[]).await;
+    let math = start_math(cluster, &[]).await;
     let client = cluster.client().await.unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for i in 0..300 {
@@ -314,9 +274,9 @@ async fn one<T: serde::de::DeserializeOwned>(
 #[tokio::test]
 async fn discovery_follows_the_micro_protocol() {
     let cluster = testkit::shared().await;
-    let math = Math::start(cluster.urls(), "discovery", &[]).await;
+    let math = start_math(cluster, &[]).await;
     let client = cluster.client().await.unwrap();
-    let ping = math.instances(&client).await;
+    let ping = answering(&client, &[math.id()]).await;
     assert_eq!(ping.len(), 1);
     assert_eq!(ping[0].kind, "io.nats.micro.v1.ping_response");
     assert_eq!(ping[0].version, math_service::VERSION);
@@ -374,10 +334,10 @@ async fn discovery_follows_the_micro_protocol() {
 #[tokio::test]
 async fn five_hundred_concurrent_requests_split_across_two_instances() {
     let cluster = testkit::shared().await;
-    let a = Math::start(cluster.urls(), "split", &[]).await;
-    let b = Math::start(cluster.urls(), "split", &[]).await;
+    let a = start_math(cluster, &[]).await;
+    let b = start_math(cluster, &[]).await;
     let client = cluster.client().await.unwrap();
-    assert_eq!(a.instances(&client).await.len(), 2);
+    assert_eq!(answering(&client, &[a.id(), b.id()]).await.len(), 2);
 
     let calls = (0..500).map(|i| {
         let client = client.clone();
@@ -405,7 +365,7 @@ async fn five_hundred_concurrent_requests_split_across_two_instances() {
     .unwrap();
     let ours: Vec<u64> = stats
         .iter()
-        .filter(|s| s.metadata.get("test").map(String::as_str) == Some("split"))
+        .filter(|s| s.id == a.id() || s.id == b.id())
         .map(|s| s.endpoints.iter().map(|e| e.num_requests).sum())
         .collect();
     assert_eq!(ours.len(), 2, "{stats:?}");
@@ -423,10 +383,12 @@ async fn maintenance_flag_and_failover() {
     let mut cluster = Cluster::start(3).await.unwrap();
     // Connected to node 1 first (order kept), so killing node 1 forces a reconnect.
     let urls = vec![cluster.url(1), cluster.url(2), cluster.url(0)];
-    let math = Math::start(
-        urls,
-        "failover",
-        &[("nats.retain_servers_order", Value::from(true))],
+    let math = start_math(
+        &cluster,
+        &[
+            ("nats.urls", Value::from(urls)),
+            ("nats.retain_servers_order", Value::from(true)),
+        ],
     )
     .await;
     let client = cluster.client_to(0).await.unwrap();
@@ -441,26 +403,26 @@ async fn maintenance_flag_and_failover() {
         limit: Duration,
     ) -> Duration {
         let start = Instant::now();
-        loop {
-            let reply = request_raw(
-                client,
-                "services.math.add",
-                None,
-                body.clone(),
-                Duration::from_millis(500),
-            )
-            .await;
-            if let Ok(reply) = &reply
-                && reply.error().map(|e| e.code) == want
-            {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < limit,
-                "wanted {want:?} within {limit:?}, last {reply:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(
+            &format!("services.math.add answers {want:?}"),
+            limit,
+            || async {
+                let reply = request_raw(
+                    client,
+                    "services.math.add",
+                    None,
+                    body.clone(),
+                    Duration::from_millis(500),
+                )
+                .await;
+                match &reply {
+                    Ok(r) if r.error().map(|e| e.code) == want => Ok(()),
+                    _ => Err(format!("{reply:?}")),
+                }
+            },
+        )
+        .await;
+        start.elapsed()
     }
 
     // Maintenance on -> 503 within 2 s; discovery still answers; off -> answers.
@@ -475,7 +437,7 @@ async fn maintenance_flag_and_failover() {
     println!("maintenance on seen after {took:?}");
     expect_error(&client, add, ok_body(), ErrorCode::Maintenance).await;
     assert_eq!(
-        math.instances(&client).await.len(),
+        answering(&client, &[math.id()]).await.len(),
         1,
         "$SRV answers during maintenance"
     );
@@ -486,27 +448,32 @@ async fn maintenance_flag_and_failover() {
     // succeed again within 5 s.
     cluster.kill_node(1);
     let killed = Instant::now();
-    let mut failures = 0;
-    loop {
-        let started = Instant::now();
-        let reply = request_raw(&client, add, None, ok_body(), Duration::from_millis(500)).await;
-        assert!(
-            started.elapsed() < Duration::from_millis(1500),
-            "a request hung past its timeout"
-        );
-        match reply {
-            Ok(r) if r.error().is_none() => break,
-            _ => failures += 1,
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(5),
-            "no answer within 5 s of the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let failures = AtomicU32::new(0);
+    eventually(
+        "an answer within 5 s of the kill",
+        Duration::from_secs(5),
+        || async {
+            let started = Instant::now();
+            let reply =
+                request_raw(&client, add, None, ok_body(), Duration::from_millis(500)).await;
+            assert!(
+                started.elapsed() < Duration::from_millis(1500),
+                "a request hung past its timeout"
+            );
+            match reply {
+                Ok(r) if r.error().is_none() => Ok(()),
+                other => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    Err(format!("{other:?}"))
+                }
+            }
+        },
+    )
+    .await;
     println!(
-        "answered again {:?} after the kill ({failures} failed meanwhile)",
-        killed.elapsed()
+        "answered again {:?} after the kill ({} failed meanwhile)",
+        killed.elapsed(),
+        failures.load(Ordering::Relaxed)
     );
 
     // The maintenance watch survived the reconnect.
@@ -530,22 +497,16 @@ async fn maintenance_flag_and_failover() {
 #[tokio::test]
 async fn sigterm_answers_in_flight_requests_then_exits_zero() {
     let cluster = Cluster::start(3).await.unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_math-service"))
-        .env("SWITCHYARD__NATS__URLS", cluster.urls().join(","))
-        .env("SWITCHYARD__MATH__DELAY_MS", "1500")
-        .env("SWITCHYARD__SERVICE__METADATA__TEST", "sigterm")
-        .env("SWITCHYARD__LOG__FORMAT", "compact")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = testkit::spawn_process(
+        env!("CARGO_BIN_EXE_math-service"),
+        &cluster,
+        &[
+            ("SWITCHYARD__MATH__DELAY_MS", "1500"),
+            ("SWITCHYARD__LOG__FORMAT", "compact"),
+        ],
+    )
+    .await;
     let client = cluster.client().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while instances_tagged(&client, "sigterm").await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "math-service binary did not start"
-        );
-    }
 
     let calls: Vec<_> = (0..20)
         .map(|i| {
@@ -562,8 +523,7 @@ async fn sigterm_answers_in_flight_requests_then_exits_zero() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    child.signal(nix::sys::signal::Signal::SIGTERM);
 
     for (i, handle) in calls.into_iter().enumerate() {
         let reply = handle
@@ -572,10 +532,10 @@ async fn sigterm_answers_in_flight_requests_then_exits_zero() {
             .unwrap_or_else(|e| panic!("request {i} lost: {e}"));
         assert_eq!(reply["result"].as_f64(), Some(2.0 * i as f64));
     }
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    let status = child
+        .wait(Duration::from_secs(10))
         .await
-        .expect("exited within 10 s")
-        .unwrap();
+        .expect("exited within 10 s");
     assert!(status.success(), "exit status {status}");
     // Gone from the queue group: a new request finds no responder at once.
     let err = call::<_, Json>(

@@ -13,19 +13,19 @@ use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
 use futures::future::join_all;
 use payment_processor::gateway::{Simulator, SimulatorSettings};
-use protocol::micro::{PingResponse, Verb};
+
 use protocol::payment::{
     DlqReason, PaymentEvent, PaymentRequest, PaymentStatus, ReplayReply, StatusReply, dlq_headers,
 };
 use protocol::{ErrorCode, subjects};
-use runtime::client::{CallError, call, discover, request_raw};
+use runtime::client::{CallError, call, request_raw};
 use runtime::settings::Value;
-use runtime::{CancellationToken, Settings};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
-use testkit::Cluster;
+use testkit::{Cluster, TestService, eventually};
 use tokio::time::Instant;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,54 +42,22 @@ fn quick_gateway() -> Arc<Simulator> {
 }
 
 /// Fast retries for tests: redeliveries after 200 ms and 400 ms.
-fn test_overrides(urls: Vec<String>) -> Vec<(String, Value)> {
+fn test_overrides() -> Vec<(&'static str, Value)> {
     vec![
-        ("nats.urls".into(), Value::from(urls)),
-        ("payments.backoff_ms".into(), Value::from(vec![200, 400])),
-        ("payments.ack_wait_ms".into(), Value::from(2000)),
-        ("payments.limit".into(), Value::from("5000")),
+        ("payments.backoff_ms", Value::from(vec![200, 400])),
+        ("payments.ack_wait_ms", Value::from(2000)),
+        ("payments.limit", Value::from("5000")),
     ]
 }
 
-struct Processor {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Processor {
-    async fn start(urls: Vec<String>, gateway: Arc<Simulator>) -> Processor {
-        let settings = Settings::load_with(test_overrides(urls.clone())).unwrap();
-        let shutdown = CancellationToken::new();
-        let before = instances(&urls).await;
-        let task = tokio::spawn(payment_processor::run_with_gateway(
-            settings,
-            shutdown.clone(),
-            gateway,
-        ));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while instances(&urls).await <= before {
-            assert!(Instant::now() < deadline, "payment-processor did not start");
-        }
-        Processor { shutdown, task }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-async fn instances(urls: &[String]) -> usize {
-    let client = async_nats::connect(urls.to_vec()).await.unwrap();
-    discover::<PingResponse>(
-        &client,
-        Verb::Ping,
-        Some("payment-processor"),
-        Duration::from_millis(200),
+/// A processor in this process, charging through `gateway`.
+async fn start_processor(cluster: &Cluster, gateway: Arc<Simulator>) -> TestService {
+    testkit::spawn_service(
+        move |settings, shutdown| payment_processor::run_with_gateway(settings, shutdown, gateway),
+        cluster,
+        &test_overrides(),
     )
     .await
-    .unwrap()
-    .len()
 }
 
 fn payment(id: &str, amount: &str, currency: &str) -> PaymentRequest {
@@ -137,20 +105,13 @@ async fn wait_status(
     want: PaymentStatus,
     within: Duration,
 ) -> StatusReply {
-    let deadline = Instant::now() + within;
-    loop {
-        let last = status(client, id).await;
-        if let Ok(s) = &last
-            && s.status == want
-        {
-            return s.clone();
+    eventually(&format!("{id} is {want}"), within, || async {
+        match status(client, id).await {
+            Ok(s) if s.status == want => Ok(s),
+            last => Err(format!("{last:?}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{id}: wanted {want}, last {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Every message on `subject_filter` in `stream`, oldest first. Retries
@@ -228,7 +189,7 @@ async fn expect_error(client: &async_nats::Client, subject: &str, body: &str, co
 async fn happy_path_duplicates_rules_invalid_messages_and_bad_input() {
     let cluster = Cluster::start(3).await.unwrap();
     let gateway = quick_gateway();
-    let processor = Processor::start(cluster.urls(), gateway.clone()).await;
+    let processor = start_processor(&cluster, gateway.clone()).await;
     let client = cluster.client().await.unwrap();
     let js = jetstream::new(client.clone());
 
@@ -277,6 +238,7 @@ async fn happy_path_duplicates_rules_invalid_messages_and_bad_input() {
         Duration::from_secs(15),
     )
     .await;
+    // Nothing should change now; give a wrong second effect time to show.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let again = status(&client, "pay-001").await.unwrap();
     assert_eq!(again, done, "status unchanged by the duplicate");
@@ -321,14 +283,19 @@ async fn happy_path_duplicates_rules_invalid_messages_and_bad_input() {
         .await
         .unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let dlq = loop {
-        let dlq = read_stream(&js, "PAYMENTS_DLQ", ">").await;
-        if dlq.len() >= garbage.len() || Instant::now() > deadline {
-            break dlq;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let dlq = eventually(
+        "every invalid message in the DLQ",
+        Duration::from_secs(15),
+        || async {
+            let dlq = read_stream(&js, "PAYMENTS_DLQ", ">").await;
+            if dlq.len() >= garbage.len() {
+                Ok(dlq)
+            } else {
+                Err(format!("{} of {}", dlq.len(), garbage.len()))
+            }
+        },
+    )
+    .await;
     assert_eq!(dlq.len(), garbage.len());
     for (m, body) in dlq.iter().zip(garbage) {
         assert_eq!(
@@ -383,7 +350,7 @@ async fn happy_path_duplicates_rules_invalid_messages_and_bad_input() {
 
     // Two processors, 1,000 payments: each completed exactly once.
     let second_gateway = quick_gateway();
-    let second = Processor::start(cluster.urls(), second_gateway.clone()).await;
+    let second = start_processor(&cluster, second_gateway.clone()).await;
     let first_effects = gateway.effects();
     let ids: Vec<String> = (0..1000).map(|i| format!("bulk-{i:04}")).collect();
     let started = Instant::now();
@@ -394,24 +361,26 @@ async fn happy_path_duplicates_rules_invalid_messages_and_bad_input() {
         }))
         .await;
     }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let done = count_by_id(&events(&js, "completed").await);
-        if ids.iter().all(|id| done.get(id) == Some(&1)) {
-            assert!(ids.iter().all(|id| done.get(id) == Some(&1)));
-            break;
-        }
-        assert!(
-            ids.iter().all(|id| done.get(id).copied().unwrap_or(0) <= 1),
-            "a second completed event"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "{} of 1000 completed",
-            ids.iter().filter(|id| done.contains_key(*id)).count()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually(
+        "1000 payments completed",
+        Duration::from_secs(90),
+        || async {
+            let done = count_by_id(&events(&js, "completed").await);
+            assert!(
+                ids.iter().all(|id| done.get(id).copied().unwrap_or(0) <= 1),
+                "a second completed event"
+            );
+            if ids.iter().all(|id| done.get(id) == Some(&1)) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} of 1000 completed",
+                    ids.iter().filter(|id| done.contains_key(*id)).count()
+                ))
+            }
+        },
+    )
+    .await;
     println!(
         "1000 payments on 2 processors completed in {:?}",
         started.elapsed()
@@ -434,7 +403,7 @@ async fn happy_path_duplicates_rules_invalid_messages_and_bad_input() {
 async fn gateway_failures_retry_then_dead_letter_then_replay() {
     let cluster = Cluster::start(3).await.unwrap();
     let gateway = quick_gateway();
-    let processor = Processor::start(cluster.urls(), gateway.clone()).await;
+    let processor = start_processor(&cluster, gateway.clone()).await;
     let client = cluster.client().await.unwrap();
     let js = jetstream::new(client.clone());
 
@@ -520,7 +489,19 @@ async fn gateway_failures_retry_then_dead_letter_then_replay() {
     runtime::maintenance::set(&js, replicas, true)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The worker and the endpoints read one flag: once an endpoint answers
+    // 503, the worker has paused too.
+    eventually(
+        "the processor in maintenance mode",
+        Duration::from_secs(5),
+        || async {
+            match status(&client, "stuck-1").await {
+                Err(e) if e.code() == Some(ErrorCode::Maintenance) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     publish(&js, &payment("stuck-1", "1", "USD"), "stuck-1").await;
     let consumer: consumer::PullConsumer = js
         .get_stream("PAYMENTS")
@@ -529,9 +510,8 @@ async fn gateway_failures_retry_then_dead_letter_then_replay() {
         .get_consumer("payment-processor")
         .await
         .unwrap();
-    let mut taken = 0;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while taken < 3 {
+    let taken = AtomicI64::new(0);
+    eventually("three deliveries", Duration::from_secs(20), || async {
         let mut batch = consumer
             .fetch()
             .max_messages(1)
@@ -540,38 +520,46 @@ async fn gateway_failures_retry_then_dead_letter_then_replay() {
             .await
             .unwrap();
         if let Some(Ok(m)) = batch.next().await {
-            assert_eq!(m.info().unwrap().delivered, taken + 1);
-            taken += 1; // and never ack it
+            let n = taken.fetch_add(1, Ordering::Relaxed) + 1;
+            assert_eq!(m.info().unwrap().delivered, n);
+            // and never ack it
         }
-        assert!(Instant::now() < deadline, "delivered only {taken} times");
-    }
+        match taken.load(Ordering::Relaxed) {
+            3.. => Ok(()),
+            n => Err(format!("delivered only {n} times")),
+        }
+    })
+    .await;
     // The server notices the exhausted message when it next serves a pull.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut pull = consumer
-            .fetch()
-            .max_messages(1)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await
-            .unwrap();
-        if let Some(Ok(m)) = pull.next().await {
-            panic!("delivered a 4th time: {:?}", m.info().unwrap().delivered);
-        }
-        let dlq = read_stream(&js, "PAYMENTS_DLQ", ">").await;
-        if let Some(m) = dlq
-            .iter()
-            .find(|m| header(m, dlq_headers::PAYMENT_ID).as_deref() == Some("stuck-1"))
-        {
-            assert_eq!(
-                header(m, dlq_headers::REASON).as_deref(),
-                Some("max_deliveries")
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "no MAX_DELIVERIES DLQ entry");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "a MAX_DELIVERIES DLQ entry",
+        Duration::from_secs(20),
+        || async {
+            let mut pull = consumer
+                .fetch()
+                .max_messages(1)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await
+                .unwrap();
+            if let Some(Ok(m)) = pull.next().await {
+                panic!("delivered a 4th time: {:?}", m.info().unwrap().delivered);
+            }
+            let dlq = read_stream(&js, "PAYMENTS_DLQ", ">").await;
+            if let Some(m) = dlq
+                .iter()
+                .find(|m| header(m, dlq_headers::PAYMENT_ID).as_deref() == Some("stuck-1"))
+            {
+                assert_eq!(
+                    header(m, dlq_headers::REASON).as_deref(),
+                    Some("max_deliveries")
+                );
+                return Ok(());
+            }
+            Err("no MAX_DELIVERIES DLQ entry")
+        },
+    )
+    .await;
     runtime::maintenance::set(&js, replicas, false)
         .await
         .unwrap();
@@ -582,7 +570,7 @@ async fn gateway_failures_retry_then_dead_letter_then_replay() {
 async fn stream_leader_killed_with_a_thousand_payments_in_flight() {
     let mut cluster = Cluster::start(3).await.unwrap();
     let gateway = quick_gateway();
-    let processor = Processor::start(cluster.urls(), gateway.clone()).await;
+    let processor = start_processor(&cluster, gateway.clone()).await;
     let client = cluster.client().await.unwrap();
     let js = jetstream::new(client.clone());
     let mut stream = js.get_stream("PAYMENTS").await.unwrap();
@@ -609,19 +597,27 @@ async fn stream_leader_killed_with_a_thousand_payments_in_flight() {
         tokio::spawn(async move {
             for id in chunk {
                 publish(&js, &payment(&id, "3.00", "USD"), &id).await;
-                acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                acked.fetch_add(1, Ordering::Relaxed);
             }
         })
     });
     let publishers: Vec<_> = publishers.collect();
-    while acked.load(std::sync::atomic::Ordering::Relaxed) < 300 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        "300 acks before the kill",
+        Duration::from_secs(60),
+        || async {
+            match acked.load(Ordering::Relaxed) {
+                300.. => Ok(()),
+                n => Err(format!("{n} acked")),
+            }
+        },
+    )
+    .await;
     cluster.kill_node(leader);
     let killed = Instant::now();
     println!(
         "killed stream leader n{leader} after {} acks",
-        acked.load(std::sync::atomic::Ordering::Relaxed)
+        acked.load(Ordering::Relaxed)
     );
     for p in publishers {
         p.await.unwrap();
@@ -631,27 +627,27 @@ async fn stream_leader_killed_with_a_thousand_payments_in_flight() {
         killed.elapsed()
     );
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut first_after_kill = None;
-    loop {
-        let done = count_by_id(&events(&js, "completed").await);
-        assert!(done.values().all(|&n| n == 1), "a second completed event");
-        if first_after_kill.is_none() && done.len() > 300 {
-            first_after_kill = Some(killed.elapsed());
-        }
-        if ids.iter().all(|id| done.contains_key(id)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of 1000 completed",
-            done.len()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let first_after_kill = std::sync::OnceLock::new();
+    eventually(
+        "1000 payments completed",
+        Duration::from_secs(120),
+        || async {
+            let done = count_by_id(&events(&js, "completed").await);
+            assert!(done.values().all(|&n| n == 1), "a second completed event");
+            if done.len() > 300 {
+                first_after_kill.get_or_init(|| killed.elapsed());
+            }
+            if ids.iter().all(|id| done.contains_key(id)) {
+                Ok(())
+            } else {
+                Err(format!("{} of 1000 completed", done.len()))
+            }
+        },
+    )
+    .await;
     println!(
         "recovery: completions past the first 300 seen {:?} after the kill; all 1000 completed {:?} after it",
-        first_after_kill.unwrap_or_default(),
+        first_after_kill.get().copied().unwrap_or_default(),
         killed.elapsed()
     );
     assert_eq!(gateway.effects(), 1000, "each payment charged exactly once");
@@ -669,25 +665,18 @@ async fn processor_sigkilled_mid_batch_loses_and_doubles_nothing() {
     let cluster = Cluster::start(3).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("ledger.jsonl");
-    let spawn = || {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_payment-processor"))
-            .env("SWITCHYARD__NATS__URLS", cluster.urls().join(","))
-            .env("SWITCHYARD__PAYMENTS__GATEWAY__LATENCY_MS", "150")
-            .env("SWITCHYARD__PAYMENTS__GATEWAY__LEDGER_FILE", &ledger)
-            .env("SWITCHYARD__PAYMENTS__CONCURRENCY", "16")
-            .env("SWITCHYARD__PAYMENTS__BACKOFF_MS", "500,1000")
-            .env("SWITCHYARD__LOG__LEVEL", "warn")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
-    let mut first = spawn();
+    let ledger_file = ledger.to_str().unwrap();
+    let env = [
+        ("SWITCHYARD__PAYMENTS__GATEWAY__LATENCY_MS", "150"),
+        ("SWITCHYARD__PAYMENTS__GATEWAY__LEDGER_FILE", ledger_file),
+        ("SWITCHYARD__PAYMENTS__CONCURRENCY", "16"),
+        ("SWITCHYARD__PAYMENTS__BACKOFF_MS", "500,1000"),
+        ("SWITCHYARD__LOG__LEVEL", "warn"),
+    ];
+    let binary = env!("CARGO_BIN_EXE_payment-processor");
+    let mut first = testkit::spawn_process(binary, &cluster, &env).await;
     let client = cluster.client().await.unwrap();
     let js = jetstream::new(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while instances(&cluster.urls()).await == 0 {
-        assert!(Instant::now() < deadline, "processor did not start");
-    }
     let ids: Vec<String> = (0..200).map(|i| format!("k-{i:03}")).collect();
     join_all(ids.iter().map(|id| {
         let js = js.clone();
@@ -695,28 +684,36 @@ async fn processor_sigkilled_mid_batch_loses_and_doubles_nothing() {
     }))
     .await;
     // Kill it while it is charging: some payments done, 16 in flight.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count_by_id(&events(&js, "completed").await).len() < 40 {
-        assert!(Instant::now() < deadline, "no progress before the kill");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    first.start_kill().unwrap();
-    first.wait().await.unwrap();
+    eventually(
+        "progress before the kill",
+        Duration::from_secs(30),
+        || async {
+            match count_by_id(&events(&js, "completed").await).len() {
+                40.. => Ok(()),
+                n => Err(format!("{n} completed")),
+            }
+        },
+    )
+    .await;
+    first.kill().await;
     let done_at_kill = count_by_id(&events(&js, "completed").await).len();
     println!("SIGKILLed the processor with {done_at_kill} of 200 completed");
     assert!(done_at_kill < 200);
 
-    let mut second = spawn();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let done = count_by_id(&events(&js, "completed").await);
-        assert!(done.values().all(|&n| n == 1), "a second completed event");
-        if done.len() == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{} of 200 completed", done.len());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut second = testkit::spawn_process(binary, &cluster, &env).await;
+    eventually(
+        "200 payments completed",
+        Duration::from_secs(90),
+        || async {
+            let done = count_by_id(&events(&js, "completed").await);
+            assert!(done.values().all(|&n| n == 1), "a second completed event");
+            match done.len() {
+                200 => Ok(()),
+                n => Err(format!("{n} of 200 completed")),
+            }
+        },
+    )
+    .await;
     let mut charged: HashMap<String, usize> = HashMap::new();
     for line in std::fs::read_to_string(&ledger).unwrap().lines() {
         let entry: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -730,6 +727,5 @@ async fn processor_sigkilled_mid_batch_loses_and_doubles_nothing() {
         let s = status(&client, id).await.unwrap();
         assert_eq!(s.status, PaymentStatus::Completed, "{id}");
     }
-    second.start_kill().unwrap();
-    second.wait().await.unwrap();
+    second.kill().await;
 }
