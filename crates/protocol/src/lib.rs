@@ -8,6 +8,7 @@
 pub mod email;
 pub mod error;
 pub mod logs;
+pub mod manifest;
 pub mod math;
 pub mod micro;
 pub mod names;
@@ -16,5 +17,6 @@ pub mod registry;
 pub mod schema;
 pub mod stocks;
 pub mod subjects;
+pub mod token;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, ServiceError};
