@@ -100,7 +100,12 @@ pub const SHARED_BUCKETS: [&str; 1] = [buckets::CONFIG];
 
 impl Manifest {
     /// What the runtime does for every service: answer `$SRV`, register with
-    /// the registry, ship its logs, and watch the maintenance flag.
+    /// the registry, ship its logs, and watch the maintenance flag. (The
+    /// service's own manifest is this plus what the service itself does.)
+    pub fn runtime(service: &'static str) -> Self {
+        Self::base(service, "", "", "")
+    }
+
     fn base(
         service: &'static str,
         binary: &'static str,

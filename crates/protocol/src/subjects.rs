@@ -33,6 +33,8 @@ pub const EVENT_PAYMENT_FAILED: &str = "events.payment.failed";
 pub const EVENTS_ALL: &str = "events.>";
 
 // --- log-worker -----------------------------------------------------------
+/// First token of every log subject.
+pub const LOGS_PREFIX: &str = "logs";
 /// All log subjects (stream `LOGS`).
 pub const LOGS_ALL: &str = "logs.>";
 /// Seed-compatible subject; same body as `logs.<service>.<level>`.
@@ -45,7 +47,7 @@ pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 /// `logs.<service>.>`: every level of one service (what its user may publish).
 pub fn logs_of(service: &str) -> Result<String, SubjectError> {
     check_token(service)?;
-    Ok(format!("logs.{service}.>"))
+    Ok(format!("{LOGS_PREFIX}.{service}.>"))
 }
 
 /// `logs.<service>.<level>`.
@@ -54,10 +56,12 @@ pub fn logs(service: &str, level: &str) -> Result<String, SubjectError> {
     if !LOG_LEVELS.contains(&level) {
         return Err(SubjectError::UnknownLevel(level.to_owned()));
     }
-    Ok(format!("logs.{service}.{level}"))
+    Ok(format!("{LOGS_PREFIX}.{service}.{level}"))
 }
 
 // --- stock-ticker -----------------------------------------------------------
+/// First token of every tick subject.
+pub const STOCKS_PREFIX: &str = "stocks";
 /// All tick subjects (stream `STOCKS`).
 pub const STOCKS_ALL: &str = "stocks.>";
 pub const STOCKS_SNAPSHOT: &str = "services.stocks.snapshot";
@@ -66,7 +70,7 @@ pub const STOCKS_SYMBOLS: &str = "services.stocks.symbols";
 /// `stocks.<SYMBOL>`.
 pub fn stock(symbol: &str) -> Result<String, SubjectError> {
     check_token(symbol)?;
-    Ok(format!("stocks.{symbol}"))
+    Ok(format!("{STOCKS_PREFIX}.{symbol}"))
 }
 
 // --- registry -----------------------------------------------------------------
