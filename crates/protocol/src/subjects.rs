@@ -50,6 +50,22 @@ pub fn logs_of(service: &str) -> Result<String, SubjectError> {
     Ok(format!("{LOGS_PREFIX}.{service}.>"))
 }
 
+/// `logs.<service>.<level>` with `*` for what is not given: the filter of a
+/// log query or tail.
+pub fn logs_filter(service: Option<&str>, level: Option<&str>) -> Result<String, SubjectError> {
+    if let Some(service) = service {
+        check_token(service)?;
+    }
+    if let Some(level) = level.filter(|l| !LOG_LEVELS.contains(l)) {
+        return Err(SubjectError::UnknownLevel(level.to_owned()));
+    }
+    Ok(format!(
+        "{LOGS_PREFIX}.{}.{}",
+        service.unwrap_or("*"),
+        level.unwrap_or("*")
+    ))
+}
+
 /// `logs.<service>.<level>`.
 pub fn logs(service: &str, level: &str) -> Result<String, SubjectError> {
     check_token(service)?;
@@ -145,6 +161,16 @@ mod tests {
         assert_eq!(logs("math", "info").as_deref(), Ok("logs.math.info"));
         assert_eq!(stock("AAPL").as_deref(), Ok("stocks.AAPL"));
         assert_eq!(logs_of("math").as_deref(), Ok("logs.math.>"));
+        assert_eq!(
+            logs_filter(Some("math"), None).as_deref(),
+            Ok("logs.math.*")
+        );
+        assert_eq!(
+            logs_filter(None, Some("warn")).as_deref(),
+            Ok("logs.*.warn")
+        );
+        assert!(logs_filter(Some("a.b"), None).is_err());
+        assert!(logs_filter(None, Some("loud")).is_err());
         assert_eq!(registry_lookup_all(), "services.registry.lookup.*");
         assert_eq!(
             max_deliveries_advisory("PAYMENTS", "payment-processor"),
