@@ -77,6 +77,10 @@ schemas:
 accounts:
     cargo run --quiet -p switchyard-cli -- accounts
 
+# Regenerate the Python client's constants (_generated.py) and the subject table of docs/CONTRACT.md from the protocol crate.
+codegen:
+    cargo run --quiet -p switchyard-cli -- codegen
+
 # Call the CLI: `just sy math add 2 3`, `just sy status`.
 sy *ARGS: build
     target/debug/switchyard {{ARGS}}

@@ -1,12 +1,13 @@
 //! `switchyard accounts [--check]`: the NATS users of the locked-down
-//! deployments, one per service, each allowed only what it needs. Written
-//! from the protocol crate's subject, stream and bucket names, so a renamed
-//! subject cannot leave a stale permission behind:
+//! deployments, one per service, each allowed only what it needs. Derived
+//! from the service manifests of the protocol crate (`protocol::manifest`),
+//! so a renamed subject or a new stream cannot leave a stale or missing
+//! permission behind:
 //! - `deploy/nats/accounts.conf` (docker compose, included by nats.conf);
 //! - `deploy/k8s/nats-values.yaml` (values for the official NATS Helm chart).
 
 use anyhow::Context as _;
-use protocol::names::{buckets, services, streams};
+use protocol::manifest::{self, Manifest};
 use protocol::subjects;
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,9 @@ pub(crate) struct User {
     pub subscribe: Vec<String>,
 }
 
+/// The JetStream API's account-wide info call.
+const JS_API_INFO: &str = "$JS.API.INFO";
+
 /// Every `$JS.API` call (and ack / flow control) a client of `stream` makes:
 /// info/create/update, get and delete messages, and its consumers.
 fn stream_access(stream: &str) -> Vec<String> {
@@ -55,144 +59,77 @@ fn stream_access(stream: &str) -> Vec<String> {
     .collect()
 }
 
+/// The stream behind KV bucket `bucket`.
+fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
 /// A KV bucket: its stream's API plus reads and writes of its keys.
 fn bucket_access(bucket: &str) -> Vec<String> {
-    let mut out = stream_access(&format!("KV_{bucket}"));
-    out.push(format!("$KV.{bucket}.>"));
+    let mut out = stream_access(&kv_stream(bucket));
+    out.push(subjects::kv_key(bucket, ">"));
     out
 }
 
-/// What every service does: read the maintenance flag (bucket `config`),
-/// register with the registry, ship its logs, answer `$SRV` and requests.
-fn common(service: &str) -> (Vec<String>, Vec<String>) {
-    let config = format!("KV_{}", buckets::CONFIG);
-    let publish = vec![
-        "$JS.API.INFO".to_owned(),
-        format!("$JS.API.STREAM.INFO.{config}"),
-        format!("$JS.API.STREAM.CREATE.{config}"),
-        format!("$JS.API.STREAM.MSG.GET.{config}"),
-        format!("$JS.API.DIRECT.GET.{config}.>"),
-        subjects::REGISTRY_REGISTER.to_owned(),
-        subjects::REGISTRY_HEARTBEAT.to_owned(),
-        subjects::REGISTRY_DEREGISTER.to_owned(),
-        format!("logs.{service}.>"),
-    ];
-    let subscribe = vec![
-        "$SRV.>".to_owned(),
-        "_INBOX.>".to_owned(),
-        format!(
-            "$KV.{}.{}",
-            buckets::CONFIG,
-            protocol::names::keys::SITE_MAINTENANCE
-        ),
-    ];
-    (publish, subscribe)
+/// A bucket the service only reads one key of (and watches it over core
+/// NATS): open or create the bucket, get the key. No writes, no consumers.
+fn key_read_access(bucket: &str) -> Vec<String> {
+    let s = kv_stream(bucket);
+    vec![
+        format!("$JS.API.STREAM.INFO.{s}"),
+        format!("$JS.API.STREAM.CREATE.{s}"),
+        format!("$JS.API.STREAM.MSG.GET.{s}"),
+        format!("$JS.API.DIRECT.GET.{s}.>"),
+    ]
 }
 
-fn user(
-    name: &'static str,
-    service: &str,
-    password_env: &'static str,
-    publish: Vec<String>,
-    subscribe: Vec<String>,
-) -> User {
-    let (mut p, mut s) = common(service);
-    p.extend(publish);
-    s.extend(subscribe);
-    User {
-        name,
-        password_env,
-        publish: p,
-        subscribe: s,
+fn push_unique(list: &mut Vec<String>, items: impl IntoIterator<Item = String>) {
+    for item in items {
+        if !list.contains(&item) {
+            list.push(item);
+        }
     }
 }
 
-fn owned(subjects: &[&str]) -> Vec<String> {
-    subjects.iter().map(|s| (*s).to_owned()).collect()
+/// The user of one service, from its manifest.
+pub(crate) fn user(m: &Manifest) -> User {
+    let mut publish = Vec::new();
+    let mut subscribe = Vec::new();
+    if !m.streams.is_empty() || !m.buckets.is_empty() {
+        publish.push(JS_API_INFO.to_owned());
+    }
+    for b in &m.buckets {
+        if let Some(key) = b.only_key {
+            push_unique(&mut publish, key_read_access(b.bucket));
+            push_unique(&mut subscribe, [subjects::kv_key(b.bucket, key)]);
+        }
+    }
+    push_unique(&mut publish, m.requests.iter().cloned());
+    push_unique(&mut publish, m.publishes.iter().cloned());
+    for s in &m.streams {
+        push_unique(&mut publish, stream_access(s.stream));
+    }
+    for b in m.buckets.iter().filter(|b| b.only_key.is_none()) {
+        push_unique(&mut publish, bucket_access(b.bucket));
+    }
+    push_unique(&mut publish, m.js_publishes.iter().cloned());
+
+    let mut subs = m.subscribes.clone();
+    subs.push(subjects::INBOX_ALL.to_owned());
+    subs.append(&mut subscribe);
+    push_unique(&mut subs, m.endpoints.iter().map(|e| e.subject.clone()));
+    push_unique(&mut subs, m.advisories.iter().map(|a| a.subject.clone()));
+    User {
+        name: m.user,
+        password_env: m.password_env,
+        publish,
+        subscribe: subs,
+    }
 }
 
 /// The six service users, in `services::ALL` order.
 pub(crate) fn users() -> Vec<User> {
-    let registry = {
-        let mut p = bucket_access(buckets::REGISTRY);
-        p.push("$SRV.>".into()); // it pings services to check them
-        user(
-            "registry",
-            services::REGISTRY,
-            "REGISTRY_PASSWORD",
-            p,
-            owned(&["services.registry.>"]),
-        )
-    };
-    let math = user(
-        "math",
-        services::MATH,
-        "MATH_PASSWORD",
-        vec![],
-        vec![format!("{}.>", subjects::MATH_PREFIX)],
-    );
-    let email = {
-        let mut p = stream_access(streams::EMAILS);
-        p.extend(stream_access(streams::EVENTS));
-        p.extend(owned(&protocol::email::subjects::ALL));
-        p.push("events.email.>".into());
-        user(
-            "email",
-            services::EMAIL_NOTIFIER,
-            "EMAIL_PASSWORD",
-            p,
-            owned(&[subjects::EMAIL_SEND]),
-        )
-    };
-    let payments = {
-        let mut p = stream_access(streams::PAYMENTS);
-        p.extend(stream_access(streams::PAYMENTS_DLQ));
-        p.extend(stream_access(streams::EVENTS));
-        p.extend(bucket_access(buckets::PAYMENTS));
-        p.extend(owned(&[
-            subjects::PAYMENT_PROCESS,
-            subjects::PAYMENT_DLQ,
-            "events.payment.>",
-        ]));
-        user(
-            "payments",
-            services::PAYMENT_PROCESSOR,
-            "PAYMENTS_PASSWORD",
-            p,
-            vec![
-                subjects::PAYMENT_STATUS.into(),
-                subjects::PAYMENT_REPLAY.into(),
-                format!(
-                    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.>",
-                    streams::PAYMENTS
-                ),
-            ],
-        )
-    };
-    let logs = {
-        let mut p = stream_access(streams::LOGS);
-        p.extend(bucket_access(buckets::LOG_STATS));
-        user(
-            "logs",
-            services::LOG_WORKER,
-            "LOGS_PASSWORD",
-            p,
-            owned(&[subjects::LOGS_STATS, subjects::LOGS_QUERY]),
-        )
-    };
-    let stocks = {
-        let mut p = stream_access(streams::STOCKS);
-        p.extend(bucket_access(buckets::STOCKS_LEASE));
-        p.push(subjects::STOCKS_ALL.into());
-        user(
-            "stocks",
-            services::STOCK_TICKER,
-            "STOCKS_PASSWORD",
-            p,
-            owned(&["services.stocks.>"]),
-        )
-    };
-    vec![registry, math, email, payments, logs, stocks]
+    manifest::ALL.iter().map(user).collect()
 }
 
 fn list(items: &[String]) -> String {
@@ -202,8 +139,8 @@ fn list(items: &[String]) -> String {
 /// `deploy/nats/accounts.conf`.
 pub(crate) fn render_conf(users: &[User]) -> String {
     let mut out = String::from(
-        "# Generated by `just accounts` (switchyard accounts) from the protocol crate;\n\
-         # edit crates/cli/src/accounts.rs, not this file. Passwords come from the\n\
+        "# Generated by `just accounts` (switchyard accounts) from the service manifests\n\
+         # (crates/protocol/src/manifest.rs); edit those, not this file. Passwords come from the\n\
          # environment. Account APP has JetStream; SYS is the system account.\n\
          accounts {\n  APP {\n    jetstream: enabled\n    users: [\n",
     );
@@ -231,7 +168,7 @@ pub(crate) fn render_helm(users: &[User]) -> String {
     let mut out = String::from(
         "# Values for the official NATS Helm chart (https://nats-io.github.io/k8s/helm/charts/, chart `nats` 1.x):\n\
          # a 3-node JetStream cluster with Switchyard's accounts. Generated by `just accounts`\n\
-         # from the protocol crate (crates/cli/src/accounts.rs); do not edit by hand.\n\
+         # from the service manifests (crates/protocol/src/manifest.rs); do not edit by hand.\n\
          #   helm install nats nats/nats -n switchyard -f deploy/k8s/nats-values.yaml\n\
          config:\n  cluster:\n    enabled: true\n    replicas: 3\n  jetstream:\n    enabled: true\n    fileStore:\n      pvc:\n        size: 10Gi\n  merge:\n    system_account: SYS\n    accounts:\n      SYS:\n        users:\n          - user: sys\n            password: << $SYS_PASSWORD >>\n      APP:\n        jetstream: enabled\n        users:\n",
     );
@@ -314,8 +251,8 @@ mod tests {
     #[test]
     fn k8s_manifests_run_every_service_as_its_own_user() {
         let manifests = committed("deploy/k8s/switchyard.yaml");
-        for service in services::ALL {
-            let binary = services::binary(service).unwrap_or_default();
+        for service in protocol::names::services::ALL {
+            let binary = protocol::names::services::binary(service).unwrap_or_default();
             assert!(
                 manifests.contains(&format!("image: switchyard/{binary}:")),
                 "no {binary} in deploy/k8s/switchyard.yaml"
@@ -335,33 +272,45 @@ mod tests {
 
     #[test]
     fn each_user_answers_only_its_own_service() {
+        use protocol::names::services;
         let users = users();
-        let subscribes = |name: &str| -> Vec<String> {
-            users
-                .iter()
-                .find(|u| u.name == name)
-                .map(|u| u.subscribe.clone())
-                .unwrap_or_default()
+        let user_of = |service: &str| -> &User {
+            let name = manifest::of(service).map(|m| m.user).unwrap_or_default();
+            users.iter().find(|u| u.name == name).unwrap()
         };
-        assert!(subscribes("math").contains(&"services.math.>".to_owned()));
-        assert!(!subscribes("math").iter().any(|s| s.contains("payment")));
-        assert!(subscribes("payments").contains(&subjects::PAYMENT_STATUS.to_owned()));
-        for u in &users {
+        let math = &user_of(services::MATH).subscribe;
+        assert!(math.contains(&subjects::MATH_CALCULATE.to_owned()));
+        assert!(!math.iter().any(|s| s.contains("payment")));
+        assert!(
+            user_of(services::PAYMENT_PROCESSOR)
+                .subscribe
+                .contains(&subjects::PAYMENT_STATUS.to_owned())
+        );
+        for m in manifest::ALL.iter() {
+            let u = user_of(m.service);
             assert!(
                 !u.publish.iter().any(|s| s == ">" || s == "$JS.API.>"),
                 "{u:?}"
             );
-            assert!(u.publish.contains(&format!(
-                "logs.{}.>",
-                match u.name {
-                    "math" => services::MATH,
-                    "email" => services::EMAIL_NOTIFIER,
-                    "payments" => services::PAYMENT_PROCESSOR,
-                    "logs" => services::LOG_WORKER,
-                    "stocks" => services::STOCK_TICKER,
-                    _ => services::REGISTRY,
-                }
-            )));
+            assert!(u.publish.contains(&subjects::logs_of(m.service).unwrap()));
+        }
+    }
+
+    #[test]
+    fn every_manifest_subject_is_permitted() {
+        for m in manifest::ALL.iter() {
+            let u = user(m);
+            let allowed = |list: &[String], s: &str| list.iter().any(|p| manifest::matches(p, s));
+            for s in m.all_subscribed() {
+                assert!(allowed(&u.subscribe, s), "{}: subscribe {s}", m.service);
+            }
+            for s in m.all_published() {
+                assert!(allowed(&u.publish, s), "{}: publish {s}", m.service);
+            }
+            for c in &m.consumers {
+                let next = format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", c.stream, c.durable);
+                assert!(allowed(&u.publish, &next), "{}: {next}", m.service);
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod bench;
+mod codegen;
 mod email;
 mod logs;
 mod math;
@@ -69,6 +70,8 @@ enum Command {
     Schemas(schemas::SchemasArgs),
     /// Write the NATS users of the compose and Helm deployments (or check them).
     Accounts(accounts::AccountsArgs),
+    /// Write the Python client's constants and the docs' subject table (or check them).
+    Codegen(codegen::CodegenArgs),
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -91,6 +94,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Maintenance { state } => maintenance(&cli.servers, state).await,
         Command::Schemas(args) => schemas::run(args),
         Command::Accounts(args) => accounts::run(args),
+        Command::Codegen(args) => codegen::run(args),
         Command::Bench(args) => bench::run(&cli.servers, args).await,
         Command::BenchHelper(args) => bench::helper::run(&cli.servers, args).await,
     };

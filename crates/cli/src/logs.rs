@@ -98,7 +98,7 @@ pub(crate) async fn run(
                 None => 0,
             };
             let subject = match &service {
-                Some(s) => subjects::logs(s, "info").map(|_| format!("logs.{s}.*"))?,
+                Some(s) => subjects::logs_of(s)?,
                 None => subjects::LOGS_ALL.to_owned(),
             };
             let mut records = client.subscribe(subject).await?;

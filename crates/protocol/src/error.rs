@@ -86,6 +86,27 @@ impl ErrorCode {
         }
     }
 
+    /// The generic code of each status: what a reply that carries only a
+    /// status (no JSON body) is taken to mean.
+    pub const GENERIC: [ErrorCode; 7] = [
+        Self::InvalidRequest,
+        Self::NotFound,
+        Self::Conflict,
+        Self::TooLarge,
+        Self::Rejected,
+        Self::Internal,
+        Self::Unavailable,
+    ];
+
+    /// The generic code for an HTTP-like `status`; `internal` for a status
+    /// the contract does not use.
+    pub fn for_status(status: u16) -> Self {
+        Self::GENERIC
+            .into_iter()
+            .find(|c| c.status() == status)
+            .unwrap_or(Self::Internal)
+    }
+
     /// The code for a snake_case string, if it is one of ours.
     pub fn parse(code: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.as_str() == code)
@@ -185,6 +206,21 @@ mod tests {
         assert_eq!(ErrorCode::DomainError.status(), 422);
         assert_eq!(ErrorCode::Internal.status(), 500);
         assert_eq!(ErrorCode::Maintenance.status(), 503);
+    }
+
+    #[test]
+    fn every_status_has_one_generic_code() {
+        for code in ErrorCode::ALL {
+            let generic = ErrorCode::for_status(code.status());
+            assert_eq!(generic.status(), code.status(), "{code}");
+            assert!(ErrorCode::GENERIC.contains(&generic));
+        }
+        assert_eq!(ErrorCode::for_status(422), ErrorCode::Rejected);
+        assert_eq!(ErrorCode::for_status(503), ErrorCode::Unavailable);
+        assert_eq!(ErrorCode::for_status(418), ErrorCode::Internal);
+        let statuses: std::collections::BTreeSet<u16> =
+            ErrorCode::GENERIC.iter().map(|c| c.status()).collect();
+        assert_eq!(statuses.len(), ErrorCode::GENERIC.len());
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! Services and tests use these constants; a subject string written anywhere
 //! else is a bug.
 
+pub mod codegen;
 pub mod email;
 pub mod error;
 pub mod logs;
+pub mod manifest;
 pub mod math;
 pub mod micro;
 pub mod names;
@@ -16,5 +18,6 @@ pub mod registry;
 pub mod schema;
 pub mod stocks;
 pub mod subjects;
+pub mod token;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, ServiceError};

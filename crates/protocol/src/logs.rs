@@ -21,11 +21,11 @@ pub struct LogRecord {
 
 /// Whether `service` can name a log file and a subject token.
 pub fn valid_service(service: &str) -> bool {
-    (1..=64).contains(&service.len())
-        && service
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    crate::token::check(service, SERVICE_MAX_LEN, crate::token::Charset::Safe).is_ok()
 }
+
+/// The longest service name in a log record, in bytes.
+pub const SERVICE_MAX_LEN: usize = 64;
 
 /// A stored record: the record plus its `LOGS` stream sequence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

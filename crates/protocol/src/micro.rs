@@ -12,6 +12,12 @@ pub const PING_RESPONSE_TYPE: &str = "io.nats.micro.v1.ping_response";
 pub const INFO_RESPONSE_TYPE: &str = "io.nats.micro.v1.info_response";
 pub const STATS_RESPONSE_TYPE: &str = "io.nats.micro.v1.stats_response";
 
+/// The first token of every discovery subject.
+pub const SRV_PREFIX: &str = "$SRV";
+/// Every discovery subject (`$SRV.>`): what a service answers on, and what
+/// the registry asks on.
+pub const SRV_ALL: &str = "$SRV.>";
+
 /// The three discovery verbs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verb {
@@ -31,13 +37,25 @@ impl Verb {
         }
     }
 
-    /// `$SRV.<VERB>`, `$SRV.<VERB>.<name>` and `$SRV.<VERB>.<name>.<id>`.
-    pub fn subjects(self, name: &str, id: &str) -> [String; 3] {
+    /// The one builder of discovery subjects: `$SRV.<VERB>`,
+    /// `$SRV.<VERB>.<name>` or `$SRV.<VERB>.<name>.<id>` (an `id` without a
+    /// `name` is ignored: the protocol has no such subject).
+    pub fn subject(self, name: Option<&str>, id: Option<&str>) -> String {
         let verb = self.as_str();
+        match (name, id) {
+            (None, _) => format!("{SRV_PREFIX}.{verb}"),
+            (Some(name), None) => format!("{SRV_PREFIX}.{verb}.{name}"),
+            (Some(name), Some(id)) => format!("{SRV_PREFIX}.{verb}.{name}.{id}"),
+        }
+    }
+
+    /// The three subjects an instance answers: `$SRV.<VERB>`,
+    /// `$SRV.<VERB>.<name>` and `$SRV.<VERB>.<name>.<id>`.
+    pub fn subjects(self, name: &str, id: &str) -> [String; 3] {
         [
-            format!("$SRV.{verb}"),
-            format!("$SRV.{verb}.{name}"),
-            format!("$SRV.{verb}.{name}.{id}"),
+            self.subject(None, None),
+            self.subject(Some(name), None),
+            self.subject(Some(name), Some(id)),
         ]
     }
 }
@@ -140,6 +158,8 @@ mod tests {
                 "$SRV.PING.math.ID1".to_owned()
             ]
         );
+        assert_eq!(Verb::Stats.subject(None, Some("x")), "$SRV.STATS");
+        assert_eq!(Verb::Info.subject(Some("math"), None), "$SRV.INFO.math");
     }
 
     #[test]

@@ -21,16 +21,9 @@ pub mod services {
     ];
 
     /// The binary (and Cargo package) that runs a service.
+    /// (Kept in the service's [`Manifest`](crate::manifest::Manifest).)
     pub fn binary(service: &str) -> Option<&'static str> {
-        Some(match service {
-            MATH => "math-service",
-            EMAIL_NOTIFIER => "email-notifier",
-            PAYMENT_PROCESSOR => "payment-processor",
-            LOG_WORKER => "log-worker",
-            STOCK_TICKER => "stock-ticker",
-            REGISTRY => "registry",
-            _ => return None,
-        })
+        crate::manifest::of(service).map(|m| m.binary)
     }
 }
 
@@ -88,6 +81,10 @@ pub mod headers {
     pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
     pub const MSG_ID: &str = "Nats-Msg-Id";
     pub const TRACEPARENT: &str = "traceparent";
+    /// JetStream message scheduling (server 2.12+): `@at <RFC 3339>`.
+    pub const SCHEDULE: &str = "Nats-Schedule";
+    /// Where a scheduled message is published when its time comes.
+    pub const SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
 }
 
 /// Parses the maintenance flag's raw value: `true` (any case, surrounding

@@ -24,11 +24,11 @@ pub struct PaymentRequest {
 
 /// Whether `id` can be a payment id (and so a KV key and a Msg-Id prefix).
 pub fn valid_payment_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    crate::token::check(id, PAYMENT_ID_MAX_LEN, crate::token::Charset::Safe).is_ok()
 }
+
+/// The longest payment id, in bytes.
+pub const PAYMENT_ID_MAX_LEN: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -76,6 +76,15 @@ pub struct ListReply {
     pub services: BTreeMap<String, u64>,
 }
 
+/// The longest service name or instance id, in bytes.
+pub const TOKEN_MAX_LEN: usize = 128;
+
+/// Whether `value` can be a service name or an instance id (each is a KV key
+/// token): 1 to 128 characters of `A-Z a-z 0-9 _ -`.
+pub fn valid_token(value: &str) -> bool {
+    crate::token::check(value, TOKEN_MAX_LEN, crate::token::Charset::Safe).is_ok()
+}
+
 /// The KV key of an instance.
 pub fn key(name: &str, instance_id: &str) -> String {
     format!("{name}.{instance_id}")

@@ -34,11 +34,11 @@ pub const DEFAULT_SYMBOLS: [&str; 5] = ["AAPL", "MSFT", "GOOG", "AMZN", "NVDA"];
 
 /// Symbols are subject tokens: 1 to 16 of `A-Z 0-9 _ -`.
 pub fn valid_symbol(symbol: &str) -> bool {
-    (1..=16).contains(&symbol.len())
-        && symbol
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    crate::token::check(symbol, SYMBOL_MAX_LEN, crate::token::Charset::UpperSafe).is_ok()
 }
+
+/// The longest symbol, in bytes.
+pub const SYMBOL_MAX_LEN: usize = 16;
 
 #[cfg(test)]
 mod tests {

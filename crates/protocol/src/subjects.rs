@@ -33,6 +33,8 @@ pub const EVENT_PAYMENT_FAILED: &str = "events.payment.failed";
 pub const EVENTS_ALL: &str = "events.>";
 
 // --- log-worker -----------------------------------------------------------
+/// First token of every log subject.
+pub const LOGS_PREFIX: &str = "logs";
 /// All log subjects (stream `LOGS`).
 pub const LOGS_ALL: &str = "logs.>";
 /// Seed-compatible subject; same body as `logs.<service>.<level>`.
@@ -42,16 +44,40 @@ pub const LOGS_QUERY: &str = "services.logs.query";
 /// Log levels, lowest first.
 pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 
+/// `logs.<service>.>`: every level of one service (what its user may publish).
+pub fn logs_of(service: &str) -> Result<String, SubjectError> {
+    check_token(service)?;
+    Ok(format!("{LOGS_PREFIX}.{service}.>"))
+}
+
+/// `logs.<service>.<level>` with `*` for what is not given: the filter of a
+/// log query or tail.
+pub fn logs_filter(service: Option<&str>, level: Option<&str>) -> Result<String, SubjectError> {
+    if let Some(service) = service {
+        check_token(service)?;
+    }
+    if let Some(level) = level.filter(|l| !LOG_LEVELS.contains(l)) {
+        return Err(SubjectError::UnknownLevel(level.to_owned()));
+    }
+    Ok(format!(
+        "{LOGS_PREFIX}.{}.{}",
+        service.unwrap_or("*"),
+        level.unwrap_or("*")
+    ))
+}
+
 /// `logs.<service>.<level>`.
 pub fn logs(service: &str, level: &str) -> Result<String, SubjectError> {
     check_token(service)?;
     if !LOG_LEVELS.contains(&level) {
         return Err(SubjectError::UnknownLevel(level.to_owned()));
     }
-    Ok(format!("logs.{service}.{level}"))
+    Ok(format!("{LOGS_PREFIX}.{service}.{level}"))
 }
 
 // --- stock-ticker -----------------------------------------------------------
+/// First token of every tick subject.
+pub const STOCKS_PREFIX: &str = "stocks";
 /// All tick subjects (stream `STOCKS`).
 pub const STOCKS_ALL: &str = "stocks.>";
 pub const STOCKS_SNAPSHOT: &str = "services.stocks.snapshot";
@@ -60,7 +86,7 @@ pub const STOCKS_SYMBOLS: &str = "services.stocks.symbols";
 /// `stocks.<SYMBOL>`.
 pub fn stock(symbol: &str) -> Result<String, SubjectError> {
     check_token(symbol)?;
-    Ok(format!("stocks.{symbol}"))
+    Ok(format!("{STOCKS_PREFIX}.{symbol}"))
 }
 
 // --- registry -----------------------------------------------------------------
@@ -71,16 +97,36 @@ pub const REGISTRY_LIST: &str = "services.registry.list";
 /// Prefix of `services.registry.lookup.<name>`.
 pub const REGISTRY_LOOKUP_PREFIX: &str = "services.registry.lookup";
 
+/// `services.registry.lookup.*`: what the registry's lookup endpoint serves.
+pub fn registry_lookup_all() -> String {
+    format!("{REGISTRY_LOOKUP_PREFIX}.*")
+}
+
 /// `services.registry.lookup.<name>`.
 pub fn registry_lookup(name: &str) -> Result<String, SubjectError> {
     check_token(name)?;
     Ok(format!("{REGISTRY_LOOKUP_PREFIX}.{name}"))
 }
 
+// --- core NATS and JetStream ------------------------------------------------------
+/// Every reply inbox (async-nats's and nats.py's default prefix).
+pub const INBOX_ALL: &str = "_INBOX.>";
+/// Prefix of `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`.
+pub const ADVISORY_MAX_DELIVERIES_PREFIX: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES";
+
+/// The advisory the server publishes when a message of `stream` ran out of
+/// deliveries on `consumer`.
+pub fn max_deliveries_advisory(stream: &str, consumer: &str) -> String {
+    format!("{ADVISORY_MAX_DELIVERIES_PREFIX}.{stream}.{consumer}")
+}
+
+/// `$KV.<bucket>.<key>`: where a KV put or delete of `key` is published.
+pub fn kv_key(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
+}
+
 // --- micro discovery ------------------------------------------------------------
-pub const SRV_PING: &str = "$SRV.PING";
-pub const SRV_INFO: &str = "$SRV.INFO";
-pub const SRV_STATS: &str = "$SRV.STATS";
+// `$SRV` subjects are built by `crate::micro::Verb::subject` only.
 
 /// A subject token that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -95,16 +141,12 @@ pub enum SubjectError {
 
 /// One subject token: non-empty, no separators, wildcards or white space.
 pub fn check_token(token: &str) -> Result<(), SubjectError> {
-    if token.is_empty() {
-        return Err(SubjectError::Empty);
-    }
-    if token
-        .chars()
-        .any(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
-    {
-        return Err(SubjectError::Invalid(token.to_owned()));
-    }
-    Ok(())
+    use crate::token::{self, Charset, TokenError};
+    token::check(token, token::UNLIMITED, Charset::Subject).map_err(|err| match err {
+        TokenError::Empty => SubjectError::Empty,
+        TokenError::Invalid(t) => SubjectError::Invalid(t),
+        TokenError::TooLong { .. } => SubjectError::Invalid(token.to_owned()),
+    })
 }
 
 #[cfg(test)]
@@ -118,6 +160,26 @@ mod tests {
         assert_eq!(math_operation(Operation::Sqrt), "services.math.sqrt");
         assert_eq!(logs("math", "info").as_deref(), Ok("logs.math.info"));
         assert_eq!(stock("AAPL").as_deref(), Ok("stocks.AAPL"));
+        assert_eq!(logs_of("math").as_deref(), Ok("logs.math.>"));
+        assert_eq!(
+            logs_filter(Some("math"), None).as_deref(),
+            Ok("logs.math.*")
+        );
+        assert_eq!(
+            logs_filter(None, Some("warn")).as_deref(),
+            Ok("logs.*.warn")
+        );
+        assert!(logs_filter(Some("a.b"), None).is_err());
+        assert!(logs_filter(None, Some("loud")).is_err());
+        assert_eq!(registry_lookup_all(), "services.registry.lookup.*");
+        assert_eq!(
+            max_deliveries_advisory("PAYMENTS", "payment-processor"),
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.PAYMENTS.payment-processor"
+        );
+        assert_eq!(
+            kv_key("config", "site_maintenance"),
+            "$KV.config.site_maintenance"
+        );
         assert_eq!(
             registry_lookup("math").as_deref(),
             Ok("services.registry.lookup.math")

@@ -60,15 +60,10 @@ impl RawReply {
             .get(headers::SERVICE_ERROR)
             .map(|v| v.as_str().to_owned())
             .unwrap_or_default();
-        let code = match status.as_str() {
-            "400" => ErrorCode::InvalidRequest,
-            "404" => ErrorCode::NotFound,
-            "409" => ErrorCode::Conflict,
-            "413" => ErrorCode::TooLarge,
-            "422" => ErrorCode::Rejected,
-            "503" => ErrorCode::Unavailable,
-            _ => ErrorCode::Internal,
-        };
+        let code = status
+            .as_str()
+            .parse()
+            .map_or(ErrorCode::Internal, ErrorCode::for_status);
         Some(ServiceError::new(code, message))
     }
 }
@@ -152,11 +147,7 @@ pub async fn discover<T: DeserializeOwned>(
     name: Option<&str>,
     wait: Duration,
 ) -> anyhow::Result<Vec<T>> {
-    let subject = match name {
-        Some(name) => format!("$SRV.{}.{name}", verb.as_str()),
-        None => format!("$SRV.{}", verb.as_str()),
-    };
-    gather(client, subject, Bytes::new(), wait).await
+    gather(client, verb.subject(name, None), Bytes::new(), wait).await
 }
 
 /// Publishes `body` to `subject` with one inbox as reply-to and gathers every

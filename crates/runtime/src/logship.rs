@@ -106,13 +106,13 @@ impl<S: Subscriber> Layer<S> for ShipLayer {
         {
             return;
         }
-        let level = match *meta.level() {
-            Level::TRACE => "trace",
-            Level::DEBUG => "debug",
-            Level::INFO => "info",
-            Level::WARN => "warn",
-            Level::ERROR => "error",
-        };
+        let level = protocol::subjects::LOG_LEVELS[match *meta.level() {
+            Level::TRACE => 0,
+            Level::DEBUG => 1,
+            Level::INFO => 2,
+            Level::WARN => 3,
+            Level::ERROR => 4,
+        }];
         let mut visitor = Fields::default();
         event.record(&mut visitor);
         visitor.fields.insert("target".into(), target.into());
@@ -176,7 +176,11 @@ impl Shipper {
             tokio::select! {
                 shipped = self.rx.recv() => {
                     let Some(Shipped { level, body }) = shipped else { return };
-                    let subject = format!("logs.{}.{level}", self.service);
+                    // A service name that cannot be a subject token is dropped, not published elsewhere.
+                    let Ok(subject) = protocol::subjects::logs(&self.service, level) else {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
                     if client.publish(subject, body.into()).await.is_err() {
                         self.dropped.fetch_add(1, Ordering::Relaxed);
                     }

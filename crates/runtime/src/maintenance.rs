@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 /// The subject a KV put or delete of the flag is published on.
 pub fn flag_subject() -> String {
-    format!("$KV.{}.{}", buckets::CONFIG, keys::SITE_MAINTENANCE)
+    protocol::subjects::kv_key(buckets::CONFIG, keys::SITE_MAINTENANCE)
 }
 
 /// Opens bucket `config`, creating it (with `replicas`) when missing.

@@ -14,6 +14,12 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 from nats.js.errors import APIError, NoStreamResponseError
 
 from . import errors as _errors
+from ._generated import (  # Subjects of the contract (docs/CONTRACT.md), generated from the Rust protocol crate.
+    BUCKET_CONFIG, EMAIL_SEND, HEADER_MSG_ID, KEY_SITE_MAINTENANCE, LOG_LEVELS, LOGS_PREFIX, LOGS_QUERY, LOGS_STATS,
+    MATH_CALCULATE, MATH_OPERATIONS, MATH_PREFIX, PAYMENT_PROCESS, PAYMENT_REPLAY, PAYMENT_STATUS, REGISTRY_DEREGISTER,
+    REGISTRY_HEARTBEAT, REGISTRY_LIST, REGISTRY_LOOKUP_PREFIX, REGISTRY_REGISTER, SRV_PREFIX, STOCKS_ALL, STOCKS_PREFIX,
+    STOCKS_SNAPSHOT, STOCKS_SYMBOLS,
+)
 from .errors import NoResponders, Timeout
 from .models import (
     EmailAccepted, Instance, LogEntry, LogStats, PaymentAck, PaymentStatus, Replay, ServiceInfo, Tick, _build,
@@ -21,21 +27,6 @@ from .models import (
 
 DEFAULT_SERVERS = ["nats://127.0.0.1:4222"]
 
-# Subjects of the contract (docs/CONTRACT.md).
-MATH_CALCULATE = "services.math.calculate"
-EMAIL_SEND = "services.notification.email-send"
-PAYMENT_PROCESS = "services.payment.payment-process"
-PAYMENT_STATUS = "services.payment.status"
-PAYMENT_REPLAY = "services.payment.replay"
-LOGS_STATS = "services.logs.stats"
-LOGS_QUERY = "services.logs.query"
-STOCKS_SNAPSHOT = "services.stocks.snapshot"
-STOCKS_SYMBOLS = "services.stocks.symbols"
-REGISTRY_REGISTER = "services.registry.register"
-REGISTRY_HEARTBEAT = "services.registry.heartbeat"
-REGISTRY_DEREGISTER = "services.registry.deregister"
-REGISTRY_LIST = "services.registry.list"
-LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 
 
 def _rfc3339(value: Union[str, _dt.datetime, None]) -> Optional[str]:
@@ -98,7 +89,7 @@ class Switchyard:
 
     async def discover(self, verb: str = "PING", name: Optional[str] = None, wait: float = 0.5) -> list[dict]:
         """Every reply to ``$SRV.<verb>[.<name>]`` within ``wait`` seconds, as plain JSON."""
-        subject = f"$SRV.{verb}" + (f".{name}" if name else "")
+        subject = f"{SRV_PREFIX}.{verb}" + (f".{name}" if name else "")
         inbox = self.nc.new_inbox()
         replies: list[dict] = []
 
@@ -121,14 +112,14 @@ class Switchyard:
     async def set_maintenance(self, on: bool) -> None:
         """Site-wide maintenance mode (KV config/site_maintenance)."""
         try:
-            kv = await self.js.key_value("config")
+            kv = await self.js.key_value(BUCKET_CONFIG)
         except Exception:
-            kv = await self.js.create_key_value(bucket="config", history=5)
-        await kv.put("site_maintenance", b"true" if on else b"false")
+            kv = await self.js.create_key_value(bucket=BUCKET_CONFIG, history=5)
+        await kv.put(KEY_SITE_MAINTENANCE, b"true" if on else b"false")
 
 
 class MathClient:
-    OPERATIONS = ("add", "subtract", "multiply", "divide", "power", "sqrt", "mod")
+    OPERATIONS = MATH_OPERATIONS
 
     def __init__(self, sy: Switchyard):
         self._sy = sy
@@ -146,7 +137,7 @@ class MathClient:
 
     async def _op(self, op: str, a: float, b: Optional[float] = None) -> float:
         body = {"a": a} if b is None else {"a": a, "b": b}
-        return float((await self._sy.request(f"services.math.{op}", body))["result"])
+        return float((await self._sy.request(f"{MATH_PREFIX}.{op}", body))["result"])
 
     async def add(self, a, b): return await self._op("add", a, b)
     async def subtract(self, a, b): return await self._op("subtract", a, b)
@@ -211,7 +202,7 @@ class PaymentClient:
         """
         req = self.payment_request(user_id, amount, currency, payment_id, email, subscription_id)
         payload = json.dumps(req).encode()
-        headers = {"Nats-Msg-Id": req["payment_id"]}
+        headers = {HEADER_MSG_ID: req["payment_id"]}
         deadline = asyncio.get_running_loop().time() + retry_for
         delay = 0.05
         while True:
@@ -257,7 +248,7 @@ class LogClient:
             "ts": _dt.datetime.now(_dt.timezone.utc).isoformat().replace("+00:00", "Z"),
             "service": service, "level": level, "message": message, "fields": fields,
         }
-        await self._sy.js.publish(f"logs.{service}.{level}", json.dumps(record).encode())
+        await self._sy.js.publish(f"{LOGS_PREFIX}.{service}.{level}", json.dumps(record).encode())
 
     async def stats(self) -> LogStats:
         return _build(LogStats, await self._sy.request(LOGS_STATS, {}))
@@ -282,7 +273,7 @@ class StocksClient:
 
     async def ticks(self, symbol: Optional[str] = None) -> AsyncIterator[Tick]:
         """Live ticks of one symbol (or all)."""
-        sub = await self._sy.nc.subscribe(f"stocks.{symbol}" if symbol else "stocks.>")
+        sub = await self._sy.nc.subscribe(f"{STOCKS_PREFIX}.{symbol}" if symbol else STOCKS_ALL)
         try:
             async for msg in sub.messages:
                 yield _build(Tick, json.loads(msg.data))
@@ -309,7 +300,7 @@ class RegistryClient:
         await self._sy.request(REGISTRY_DEREGISTER, {"name": name, "instance_id": instance_id})
 
     async def lookup(self, name: str) -> list[Instance]:
-        reply = await self._sy.request(f"services.registry.lookup.{name}", {})
+        reply = await self._sy.request(f"{REGISTRY_LOOKUP_PREFIX}.{name}", {})
         return [_build(Instance, i) for i in reply["instances"]]
 
     async def list(self) -> dict[str, int]:

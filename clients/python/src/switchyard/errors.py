@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Optional
 
+from ._generated import ERROR_STATUS, HEADER_SERVICE_ERROR, HEADER_SERVICE_ERROR_CODE
+
 
 class SwitchyardError(Exception):
     """Anything that went wrong talking to Switchyard."""
@@ -37,27 +39,15 @@ def _error(name: str, code: str, status: int) -> type:
     return type(name, (ServiceError,), {"code": code, "status": status, "__doc__": f"``{code}`` ({status})"})
 
 
-InvalidRequest = _error("InvalidRequest", "invalid_request", 400)
-UnknownOperation = _error("UnknownOperation", "unknown_operation", 400)
-InvalidAddress = _error("InvalidAddress", "invalid_address", 400)
-NotFound = _error("NotFound", "not_found", 404)
-Conflict = _error("Conflict", "conflict", 409)
-TooLarge = _error("TooLarge", "too_large", 413)
-DivisionByZero = _error("DivisionByZero", "division_by_zero", 422)
-Overflow = _error("Overflow", "overflow", 422)
-DomainError = _error("DomainError", "domain_error", 422)
-Rejected = _error("Rejected", "rejected", 422)
-Internal = _error("Internal", "internal", 500)
-Maintenance = _error("Maintenance", "maintenance", 503)
-Unavailable = _error("Unavailable", "unavailable", 503)
+def _class_name(code: str) -> str:
+    return "".join(part.title() for part in code.split("_"))
 
-BY_CODE = {
-    cls.code: cls
-    for cls in (
-        InvalidRequest, UnknownOperation, InvalidAddress, NotFound, Conflict, TooLarge, DivisionByZero,
-        Overflow, DomainError, Rejected, Internal, Maintenance, Unavailable,
-    )
-}
+
+# One class per code of the Rust protocol crate's ErrorCode (see _generated.py):
+# InvalidRequest, UnknownOperation, InvalidAddress, NotFound, Conflict, TooLarge, DivisionByZero,
+# Overflow, DomainError, Rejected, Maintenance, Unavailable, Internal.
+BY_CODE: dict = {code: _error(_class_name(code), code, status) for code, status in ERROR_STATUS.items()}
+globals().update({cls.__name__: cls for cls in BY_CODE.values()})
 
 
 class NoResponders(SwitchyardError):
@@ -71,10 +61,10 @@ class Timeout(SwitchyardError):
 def from_reply(headers: Optional[dict], payload: bytes) -> Optional[ServiceError]:
     """The error a reply carries, or None for a successful reply."""
     headers = headers or {}
-    status = headers.get("Nats-Service-Error-Code")
+    status = headers.get(HEADER_SERVICE_ERROR_CODE)
     if status is None:
         return None
-    code, message = None, headers.get("Nats-Service-Error", "")
+    code, message = None, headers.get(HEADER_SERVICE_ERROR, "")
     try:
         body = json.loads(payload)
         code = body["error"]["code"]

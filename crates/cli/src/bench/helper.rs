@@ -1,6 +1,7 @@
 //! The baselines: the same NATS work as a service, written plainly with
 //! async-nats, run as their own processes (`switchyard bench-helper ...`).
 
+use super::names;
 use async_nats::jetstream::{self, AckKind, consumer};
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -51,7 +52,9 @@ pub(crate) async fn run(servers: &[String], args: HelperArgs) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("bench helper: connecting to {urls:?}: {e}"))?;
     match args.kind {
         Kind::Echo { subject } => {
-            let mut sub = client.queue_subscribe(subject, "bench".into()).await?;
+            let mut sub = client
+                .queue_subscribe(subject, names::ECHO_QUEUE.into())
+                .await?;
             while let Some(msg) = sub.next().await {
                 let Some(reply) = msg.reply else { continue };
                 let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
@@ -62,11 +65,11 @@ pub(crate) async fn run(servers: &[String], args: HelperArgs) -> anyhow::Result<
         }
         Kind::Payloop { concurrency } => {
             let js = jetstream::new(client.clone());
-            let kv = js.get_key_value("bench_pay").await?;
+            let kv = js.get_key_value(names::PAY_BUCKET).await?;
             let consumer: consumer::PullConsumer = js
-                .get_stream("BENCH_PAY")
+                .get_stream(names::PAY_STREAM)
                 .await?
-                .get_consumer("bench-pay")
+                .get_consumer(names::PAY_CONSUMER)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let permits = Arc::new(Semaphore::new(concurrency));
@@ -86,7 +89,10 @@ pub(crate) async fn run(servers: &[String], args: HelperArgs) -> anyhow::Result<
                         .to_string();
                     let _ = kv.put(&id, msg.payload.clone()).await;
                     if let Ok(ack) = js
-                        .publish(format!("bench.events.{id}"), msg.payload.clone())
+                        .publish(
+                            format!("{}.{id}", names::EVENTS_PREFIX),
+                            msg.payload.clone(),
+                        )
                         .await
                     {
                         let _ = ack.await;
@@ -99,9 +105,9 @@ pub(crate) async fn run(servers: &[String], args: HelperArgs) -> anyhow::Result<
         Kind::Logloop { dir, batch } => {
             let js = jetstream::new(client.clone());
             let consumer: consumer::PullConsumer = js
-                .get_stream("BENCH_LOGS")
+                .get_stream(names::LOGS_STREAM)
                 .await?
-                .get_consumer("bench-logs")
+                .get_consumer(names::LOGS_CONSUMER)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             std::fs::create_dir_all(&dir)?;
@@ -147,7 +153,7 @@ pub(crate) async fn run(servers: &[String], args: HelperArgs) -> anyhow::Result<
                     let body = serde_json::json!({"symbol": format!("S{s}"), "price": "100.00", "change": "0.00", "ts": "", "seq": seq});
                     client
                         .publish(
-                            format!("bench.stocks.S{s}"),
+                            format!("{}.S{s}", names::STOCKS_PREFIX),
                             Bytes::from(serde_json::to_vec(&body)?),
                         )
                         .await?;

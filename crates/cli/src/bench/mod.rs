@@ -5,6 +5,7 @@
 
 pub(crate) mod helper;
 mod load;
+mod names;
 mod runs;
 
 pub(crate) use helper::HelperArgs;

@@ -1,19 +1,29 @@
 //! The benches.
 
 use super::load::{clients, latency, percentile_us, rss_mb, throughput, until};
+use super::names::{self, CLI, RAW_ADD};
 use super::{Env, Metric};
 use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
 use futures::future::join_all;
-use protocol::names::services;
+use protocol::math::Operation;
+use protocol::names::{consumers, headers, services, streams};
 use protocol::stocks::DEFAULT_SYMBOLS;
+use protocol::subjects;
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::time::Instant;
 
-const ADD: &str = "services.math.add";
-const RAW_ADD: &str = "bench.math.add";
+/// `services.math.add`.
+fn add() -> String {
+    subjects::math_operation(Operation::Add)
+}
+
+/// The binary of a service (its name if, impossibly, it has none).
+fn binary(service: &'static str) -> &'static str {
+    services::binary(service).unwrap_or(service)
+}
 const INFLIGHT: usize = 50;
 const CONNECTIONS: usize = 5;
 
@@ -89,19 +99,15 @@ async fn compare_rpc(
 
 pub(crate) async fn rpc(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
     for _ in 0..2 {
-        env.spawn("math-service", &[], &[])?;
-        env.spawn(
-            "switchyard",
-            &["bench-helper", "echo", "--subject", RAW_ADD],
-            &[],
-        )?;
+        env.spawn(binary(services::MATH), &[], &[])?;
+        env.spawn(CLI, &["bench-helper", "echo", "--subject", RAW_ADD], &[])?;
     }
     env.wait_instances(services::MATH, 2).await?;
     responder_ready(env, RAW_ADD).await?;
     compare_rpc(
         env,
         "rpc",
-        ADD,
+        &add(),
         RAW_ADD,
         [Some(("<=", 1.15)), Some(("<=", 1.3)), Some((">=", 0.9))],
     )
@@ -119,7 +125,7 @@ pub(crate) async fn python(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
         python.display(),
         script.display()
     );
-    env.spawn("math-service", &[], &[])?;
+    env.spawn(binary(services::MATH), &[], &[])?;
     let mut command = Command::new(python);
     command
         .arg(script)
@@ -136,7 +142,7 @@ pub(crate) async fn python(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
     compare_rpc(
         env,
         "python",
-        ADD,
+        &add(),
         RAW_ADD,
         [Some(("<=", 0.5)), None, Some((">=", 3.0))],
     )
@@ -162,7 +168,7 @@ async fn publish_many(
             let mut h = async_nats::HeaderMap::new();
             if msg_id {
                 h.insert(
-                    "Nats-Msg-Id",
+                    headers::MSG_ID,
                     format!("bench-{i}-{}", std::process::id()).as_str(),
                 );
             }
@@ -179,7 +185,7 @@ pub(crate) async fn payments(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
     let n = ((env.duration.as_secs_f64() * 600.0) as usize).max(200);
     let js = jetstream::new(env.client().await?);
     env.spawn(
-        "payment-processor",
+        binary(services::PAYMENT_PROCESSOR),
         &[],
         &[
             ("SWITCHYARD__PAYMENTS__GATEWAY__LATENCY_MS", "0".into()),
@@ -188,7 +194,7 @@ pub(crate) async fn payments(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
     )?;
     env.wait_instances(services::PAYMENT_PROCESSOR, 1).await?;
     let run = format!("{}", std::process::id());
-    let before = count(&js, "EVENTS").await?;
+    let before = count(&js, streams::EVENTS).await?;
     let bar = env.phase(
         &format!("payments: {n} through payment-processor"),
         env.duration,
@@ -209,7 +215,7 @@ pub(crate) async fn payments(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
     until(
         "all payments completed",
         Duration::from_secs(300),
-        || async { Ok(count(&js, "EVENTS").await? >= before + n as u64) },
+        || async { Ok(count(&js, streams::EVENTS).await? >= before + n as u64) },
     )
     .await?;
     let ours = n as f64 / start.elapsed().as_secs_f64();
@@ -219,8 +225,8 @@ pub(crate) async fn payments(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
     let stream = runtime::js::ensure_stream(
         &js,
         stream::Config {
-            name: "BENCH_PAY".into(),
-            subjects: vec!["bench.pay".into()],
+            name: names::PAY_STREAM.into(),
+            subjects: vec![names::PAY_SUBJECT.into()],
             retention: stream::RetentionPolicy::WorkQueue,
             num_replicas: 3.min(env.urls.len()),
             ..Default::default()
@@ -231,8 +237,8 @@ pub(crate) async fn payments(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
     runtime::js::ensure_stream(
         &js,
         stream::Config {
-            name: "BENCH_EVENTS".into(),
-            subjects: vec!["bench.events.>".into()],
+            name: names::EVENTS_STREAM.into(),
+            subjects: vec![names::all(names::EVENTS_PREFIX)],
             num_replicas: 3.min(env.urls.len()),
             ..Default::default()
         },
@@ -242,7 +248,7 @@ pub(crate) async fn payments(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
     runtime::js::ensure_kv(
         &js,
         kv::Config {
-            bucket: "bench_pay".into(),
+            bucket: names::PAY_BUCKET.into(),
             num_replicas: 3.min(env.urls.len()),
             ..Default::default()
         },
@@ -250,13 +256,13 @@ pub(crate) async fn payments(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
     .await?;
     stream
         .create_consumer(consumer::pull::Config {
-            durable_name: Some("bench-pay".into()),
+            durable_name: Some(names::PAY_CONSUMER.into()),
             ack_policy: consumer::AckPolicy::Explicit,
             ..Default::default()
         })
         .await?;
-    env.spawn("switchyard", &["bench-helper", "payloop"], &[])?;
-    let before = count(&js, "BENCH_EVENTS").await?;
+    env.spawn(CLI, &["bench-helper", "payloop"], &[])?;
+    let before = count(&js, names::EVENTS_STREAM).await?;
     let bar = env.phase(
         &format!("payments: {n} through the minimal loop"),
         env.duration,
@@ -265,7 +271,7 @@ pub(crate) async fn payments(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
     publish_many(
         &js,
         n,
-        |_| "bench.pay".to_owned(),
+        |_| names::PAY_SUBJECT.to_owned(),
         |i| Bytes::from(format!(r#"{{"payment_id":"b{i}"}}"#)),
         true,
     )
@@ -273,7 +279,7 @@ pub(crate) async fn payments(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
     until(
         "all baseline payments done",
         Duration::from_secs(300),
-        || async { Ok(count(&js, "BENCH_EVENTS").await? >= before + n as u64) },
+        || async { Ok(count(&js, names::EVENTS_STREAM).await? >= before + n as u64) },
     )
     .await?;
     let theirs = n as f64 / start.elapsed().as_secs_f64();
@@ -340,50 +346,61 @@ pub(crate) async fn logs(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
         num_replicas: replicas,
         ..Default::default()
     };
-    runtime::js::ensure_stream(&js, config("LOGS", "logs.>"), false).await?;
+    runtime::js::ensure_stream(&js, config(streams::LOGS, subjects::LOGS_ALL), false).await?;
+    let level = "info";
     let record = |i: usize| {
         Bytes::from(format!(
-            r#"{{"ts":"2026-11-23T00:00:00Z","service":"bench","level":"info","message":"record {i}","fields":{{}}}}"#
+            r#"{{"ts":"2026-11-23T00:00:00Z","service":"{service}","level":"{level}","message":"record {i}","fields":{{}}}}"#,
+            service = names::LOG_SERVICE,
         ))
     };
-    publish_many(&js, n, |_| "logs.bench.info".to_owned(), record, false).await?;
-    let total = count(&js, "LOGS").await?;
+    let subject = subjects::logs(names::LOG_SERVICE, level)?;
+    publish_many(&js, n, |_| subject.clone(), record, false).await?;
+    let total = count(&js, streams::LOGS).await?;
     let dir = env.dir.path().join("logstore");
     let bar = env.phase(&format!("logs: {n} records, 2 log-workers"), env.duration);
     let spawned = Instant::now();
     for _ in 0..2 {
         env.spawn(
-            "log-worker",
+            binary(services::LOG_WORKER),
             &[],
             &[("SWITCHYARD__LOGS__LOG_DIR", dir.display().to_string())],
         )?;
     }
-    let ours = drain_rate(&js, "LOGS", "log-workers", total, spawned).await?;
+    let ours = drain_rate(&js, streams::LOGS, consumers::LOG_WORKERS, total, spawned).await?;
     bar.finish_and_clear();
 
-    let stream =
-        runtime::js::ensure_stream(&js, config("BENCH_LOGS", "bench.logs.>"), false).await?;
+    let stream = runtime::js::ensure_stream(
+        &js,
+        config(names::LOGS_STREAM, &names::all(names::LOGS_PREFIX)),
+        false,
+    )
+    .await?;
     stream
         .create_consumer(consumer::pull::Config {
-            durable_name: Some("bench-logs".into()),
+            durable_name: Some(names::LOGS_CONSUMER.into()),
             ack_policy: consumer::AckPolicy::Explicit,
             max_ack_pending: 50_000,
             ..Default::default()
         })
         .await?;
-    publish_many(&js, n, |_| "bench.logs.info".to_owned(), record, false).await?;
-    let total = count(&js, "BENCH_LOGS").await?;
+    let raw_subject = format!("{}.{level}", names::LOGS_PREFIX);
+    publish_many(&js, n, |_| raw_subject.clone(), record, false).await?;
+    let total = count(&js, names::LOGS_STREAM).await?;
     let raw_dir = env.dir.path().join("raw").display().to_string();
     let bar = env.phase(&format!("logs: {n} records, 2 raw loops"), env.duration);
     let spawned = Instant::now();
     for _ in 0..2 {
-        env.spawn(
-            "switchyard",
-            &["bench-helper", "logloop", "--dir", &raw_dir],
-            &[],
-        )?;
+        env.spawn(CLI, &["bench-helper", "logloop", "--dir", &raw_dir], &[])?;
     }
-    let theirs = drain_rate(&js, "BENCH_LOGS", "bench-logs", total, spawned).await?;
+    let theirs = drain_rate(
+        &js,
+        names::LOGS_STREAM,
+        names::LOGS_CONSUMER,
+        total,
+        spawned,
+    )
+    .await?;
     bar.finish_and_clear();
     Ok(vec![Metric::compared(
         "logs",
@@ -426,7 +443,7 @@ pub(crate) async fn ticker(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
     for names in [DEFAULT_SYMBOLS.map(String::from).to_vec(), many] {
         let symbols = names.len();
         env.spawn(
-            "stock-ticker",
+            binary(services::STOCK_TICKER),
             &[],
             &[
                 ("SWITCHYARD__STOCKS__INTERVAL_MS", "1".into()),
@@ -437,12 +454,12 @@ pub(crate) async fn ticker(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
             &format!("ticker: {symbols} symbols every 1 ms"),
             env.duration,
         );
-        let ours = rate(&client, "stocks.>", env.duration).await?;
+        let ours = rate(&client, subjects::STOCKS_ALL, env.duration).await?;
         bar.finish_and_clear();
         env.stop_children();
         let count = symbols.to_string();
         env.spawn(
-            "switchyard",
+            CLI,
             &[
                 "bench-helper",
                 "ticks",
@@ -454,7 +471,7 @@ pub(crate) async fn ticker(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
             &[],
         )?;
         let bar = env.phase("ticker: raw core publish, same schedule", env.duration);
-        let theirs = rate(&client, "bench.stocks.>", env.duration).await?;
+        let theirs = rate(&client, &names::all(names::STOCKS_PREFIX), env.duration).await?;
         bar.finish_and_clear();
         env.stop_children();
         out.push(Metric::compared(
@@ -514,7 +531,7 @@ pub(crate) async fn footprint(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
         let pool = clients(&env.urls, CONNECTIONS).await?;
         let load = tokio::spawn({
             let d = env.duration;
-            async move { throughput(&pool, ADD, &body(), INFLIGHT, d).await }
+            async move { throughput(&pool, &add(), &body(), INFLIGHT, d).await }
         });
         let mut peak: f64 = 0.0;
         // Sample at least once, even when the load ends before the first look.
@@ -551,7 +568,7 @@ async fn up_to_ready(env: &Env) -> anyhow::Result<f64> {
         .step_by(53)
         .find(|b| (0..40).all(|i| std::net::TcpListener::bind(("127.0.0.1", b + i)).is_ok()))
         .ok_or_else(|| anyhow::anyhow!("no free ports"))?;
-    let mut command = Command::new(env.bin_dir.join("switchyard"));
+    let mut command = Command::new(env.bin_dir.join(CLI));
     command
         .args(["up", "--dir"])
         .arg(env.dir.path().join("up"))
@@ -605,20 +622,20 @@ pub(crate) async fn seed(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
     let start = Instant::now();
     for i in 0..n {
         client
-            .publish("bench.seed", Bytes::from(format!("message {i}")))
+            .publish(names::SEED, Bytes::from(format!("message {i}")))
             .await?;
     }
     client.flush().await?;
     let published = n as f64 / start.elapsed().as_secs_f64();
     bar.finish_and_clear();
     env.spawn(
-        "switchyard",
-        &["bench-helper", "echo", "--subject", "bench.ping"],
+        CLI,
+        &["bench-helper", "echo", "--subject", names::PING],
         &[],
     )?;
-    responder_ready(env, "bench.ping").await?;
+    responder_ready(env, names::PING).await?;
     let bar = env.phase("seed: ping/pong round trips", env.duration);
-    let samples = latency(&client, "bench.ping", &body(), env.duration).await?;
+    let samples = latency(&client, names::PING, &body(), env.duration).await?;
     bar.finish_and_clear();
     let per_s = samples.len() as f64 / env.duration.as_secs_f64();
     Ok(vec![
