@@ -172,6 +172,8 @@ async fn shutdown_while_waiting_for_nats_is_a_clean_exit() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         cancel.cancel();
     });
-    let err = App::connect("nobody", settings, shutdown).await.unwrap_err();
+    let err = App::connect("nobody", settings, shutdown)
+        .await
+        .unwrap_err();
     assert!(runtime::is_stopped(&err), "{err:#}");
 }

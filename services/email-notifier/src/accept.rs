@@ -5,7 +5,7 @@ use crate::Notifier;
 use async_nats::HeaderMap;
 use lettre::message::Mailbox;
 use protocol::email::{self, EmailAccepted, EmailJob, EmailKind, EmailRequest};
-use protocol::{ErrorCode, ServiceError};
+use protocol::{ErrorCode, ServiceError, names};
 use sha2::{Digest as _, Sha256};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -116,8 +116,8 @@ pub(crate) async fn accept(
         Some(at) => {
             // nats-server message scheduling: the server publishes the body
             // to the target at that time. Durable: it is a stream message.
-            headers.insert("Nats-Schedule", format!("@at {at}").as_str());
-            headers.insert("Nats-Schedule-Target", email::subjects::OUTBOX);
+            headers.insert(names::headers::SCHEDULE, format!("@at {at}").as_str());
+            headers.insert(names::headers::SCHEDULE_TARGET, email::subjects::OUTBOX);
             email::subjects::scheduled(&id)
         }
         None => email::subjects::OUTBOX.to_owned(),

@@ -74,11 +74,8 @@ pub(crate) fn plan(query: LogQuery) -> Result<Plan, ServiceError> {
     let filters = match (&query.service, &query.level) {
         (None, None) => vec![subjects::LOGS_ALL.to_owned()],
         (service, level) => vec![
-            format!(
-                "logs.{}.{}",
-                service.as_deref().unwrap_or("*"),
-                level.as_deref().unwrap_or("*")
-            ),
+            subjects::logs_filter(service.as_deref(), level.as_deref())
+                .map_err(|e| ServiceError::invalid_request(e.to_string()))?,
             // logs.process records are filtered by their body below.
             subjects::LOGS_PROCESS.to_owned(),
         ],

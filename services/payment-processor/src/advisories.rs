@@ -8,6 +8,7 @@ use async_nats::jetstream::stream;
 use futures::StreamExt as _;
 use protocol::names::{consumers, queue_groups, streams};
 use protocol::payment::DlqReason;
+use protocol::subjects;
 use serde::Deserialize;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -28,11 +29,8 @@ pub(crate) async fn follow(
     payments: stream::Stream,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let subject = format!(
-        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
-        streams::PAYMENTS,
-        consumers::PAYMENT_PROCESSOR
-    );
+    let subject =
+        subjects::max_deliveries_advisory(streams::PAYMENTS, consumers::PAYMENT_PROCESSOR);
     let mut advisories = ctx
         .client
         .queue_subscribe(subject, queue_groups::PAYMENT_PROCESSOR.to_owned())

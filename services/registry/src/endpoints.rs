@@ -3,7 +3,8 @@
 use crate::Registry;
 use crate::store::{healthy, info, now_ms};
 use protocol::registry::{
-    InstanceRef, ListReply, LookupReply, OkReply, RegisterReply, RegisterRequest, Registration, key,
+    InstanceRef, ListReply, LookupReply, OkReply, RegisterReply, RegisterRequest, Registration,
+    TOKEN_MAX_LEN, key, valid_token,
 };
 use protocol::{ErrorCode, ServiceError};
 use runtime::micro::NoInput;
@@ -12,15 +13,11 @@ use std::sync::Arc;
 const MAX_TTL_S: u64 = 3600;
 
 fn check_token(what: &str, value: &str) -> Result<(), ServiceError> {
-    if (1..=128).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
+    if valid_token(value) {
         Ok(())
     } else {
         Err(ServiceError::invalid_request(format!(
-            "{what} {value:?} must be 1 to 128 characters of A-Z a-z 0-9 _ -"
+            "{what} {value:?} must be 1 to {TOKEN_MAX_LEN} characters of A-Z a-z 0-9 _ -"
         )))
     }
 }

@@ -104,7 +104,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         )
         .endpoint_with_subject(
             "lookup",
-            &format!("{}.*", subjects::REGISTRY_LOOKUP_PREFIX),
+            &subjects::registry_lookup_all(),
             endpoints::lookup,
         )
         .endpoint("list", subjects::REGISTRY_LIST, endpoints::list)

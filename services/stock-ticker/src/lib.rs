@@ -17,7 +17,7 @@ pub mod walk;
 
 use async_nats::jetstream::{kv, stream};
 use protocol::names::{buckets, services, streams};
-use protocol::stocks::{DEFAULT_SYMBOLS, valid_symbol};
+use protocol::stocks::{DEFAULT_SYMBOLS, SYMBOL_MAX_LEN, valid_symbol};
 use protocol::subjects;
 use runtime::{App, CancellationToken, Settings};
 use serde::{Deserialize, Serialize};
@@ -63,7 +63,7 @@ impl StockSettings {
         for s in &self.symbols {
             anyhow::ensure!(
                 valid_symbol(s),
-                "stocks.symbols: {s:?} must be 1 to 16 of A-Z 0-9 _ -"
+                "stocks.symbols: {s:?} must be 1 to {SYMBOL_MAX_LEN} of A-Z 0-9 _ -"
             );
         }
         anyhow::ensure!(
