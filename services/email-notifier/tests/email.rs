@@ -11,86 +11,42 @@ use async_nats::jetstream;
 use email_notifier::transport::{Outbox, Transport};
 use futures::future::{BoxFuture, join_all};
 use protocol::email::{EmailAccepted, EmailEvent, EmailJob};
-use protocol::micro::{PingResponse, Verb};
 use protocol::payment::{PaymentEvent, PaymentStatus};
 use protocol::{ErrorCode, subjects};
-use runtime::client::{call, discover, request_raw};
+use runtime::client::{call, request_raw};
 use runtime::settings::Value;
-use runtime::{CancellationToken, Settings};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use testkit::Cluster;
-use tokio::time::Instant;
+use testkit::{Cluster, TestService};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-struct Notifier {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    outbox: PathBuf,
+/// The `.eml` outbox in `dir`, as the notifier's transport.
+fn outbox(dir: &Path) -> Arc<dyn Transport> {
+    Arc::new(
+        Outbox::new(
+            dir.to_owned(),
+            "Switchyard <noreply@switchyard.local>".parse().unwrap(),
+        )
+        .unwrap(),
+    )
 }
 
-impl Notifier {
-    async fn start(cluster: &Cluster, outbox: &Path) -> Notifier {
-        let transport = Arc::new(
-            Outbox::new(
-                outbox.to_owned(),
-                "Switchyard <noreply@switchyard.local>".parse().unwrap(),
-            )
-            .unwrap(),
-        );
-        Self::start_with(cluster, outbox, transport).await
-    }
-
-    async fn start_with(
-        cluster: &Cluster,
-        outbox: &Path,
-        transport: Arc<dyn Transport>,
-    ) -> Notifier {
-        let settings = Settings::load_with([
-            ("nats.urls", Value::from(cluster.urls())),
+/// An email-notifier in this process that delivers through `transport`,
+/// with fast retries (backoff 100 ms, 200 ms; 3 deliveries).
+async fn start(cluster: &Cluster, transport: Arc<dyn Transport>) -> TestService {
+    testkit::spawn_service(
+        |s, t| email_notifier::run_with_transport(s, t, transport),
+        cluster,
+        &[
             ("email.backoff_ms", Value::from(vec![100, 200])),
             ("email.max_deliver", Value::from(3)),
-        ])
-        .unwrap();
-        let before = instances(cluster).await;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(email_notifier::run_with_transport(
-            settings,
-            shutdown.clone(),
-            transport,
-        ));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while instances(cluster).await <= before {
-            assert!(Instant::now() < deadline, "email-notifier did not start");
-        }
-        Notifier {
-            shutdown,
-            task,
-            outbox: outbox.to_owned(),
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-async fn instances(cluster: &Cluster) -> usize {
-    let client = cluster.client().await.unwrap();
-    discover::<PingResponse>(
-        &client,
-        Verb::Ping,
-        Some("email-notifier"),
-        Duration::from_millis(200),
+        ],
     )
     .await
-    .unwrap()
-    .len()
 }
 
 async fn send(client: &async_nats::Client, body: serde_json::Value) -> EmailAccepted {
@@ -104,15 +60,18 @@ fn eml(dir: &Path, id: &str) -> PathBuf {
 }
 
 async fn wait_file(path: &Path, within: Duration) {
-    let deadline = Instant::now() + within;
-    while !path.is_file() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    testkit::eventually(
+        &format!("{} appeared", path.display()),
+        within,
+        || async move {
+            if path.is_file() {
+                Ok(())
+            } else {
+                Err(format!("{} never appeared", path.display()))
+            }
+        },
+    )
+    .await;
 }
 
 fn eml_count(dir: &Path) -> usize {
@@ -129,8 +88,9 @@ fn eml_count(dir: &Path) -> usize {
 async fn queue_group_idempotency_parsing_bad_input_and_receipts() {
     let cluster = Cluster::start(3).await.unwrap();
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Notifier::start(&cluster, dirs.0.path()).await;
-    let b = Notifier::start(&cluster, dirs.1.path()).await;
+    let (out_a, out_b) = (dirs.0.path(), dirs.1.path());
+    let a = start(&cluster, outbox(out_a)).await;
+    let b = start(&cluster, outbox(out_b)).await;
     let client = cluster.client().await.unwrap();
     let js = jetstream::new(client.clone());
 
@@ -152,36 +112,33 @@ async fn queue_group_idempotency_parsing_bad_input_and_receipts() {
             .await
             .unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while eml_count(a.outbox.as_path()) + eml_count(b.outbox.as_path()) < 50 {
-        assert!(
-            Instant::now() < deadline,
-            "sent {} + {}",
-            eml_count(&a.outbox),
-            eml_count(&b.outbox)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    testkit::eventually("50 mails sent", Duration::from_secs(20), || async move {
+        let (na, nb) = (eml_count(out_a), eml_count(out_b));
+        if na + nb >= 50 {
+            Ok(())
+        } else {
+            Err(format!("sent {na} + {nb}"))
+        }
+    })
+    .await;
+    // Deliberately a bare wait: a duplicate sent late must show up here.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (na, nb) = (eml_count(&a.outbox), eml_count(&b.outbox));
+    let (na, nb) = (eml_count(out_a), eml_count(out_b));
     assert_eq!(na + nb, 50, "each mail sent once");
     assert!(na > 0 && nb > 0, "both notifiers sent mail: {na} and {nb}");
     for acc in &accepted {
         assert!(
-            eml(&a.outbox, &acc.id).is_file() != eml(&b.outbox, &acc.id).is_file(),
+            eml(out_a, &acc.id).is_file() != eml(out_b, &acc.id).is_file(),
             "{} in exactly one outbox",
             acc.id
         );
     }
 
     // Outbox files are RFC 5322 mail.
-    let path = [
-        eml(&a.outbox, &accepted[0].id),
-        eml(&b.outbox, &accepted[0].id),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .unwrap();
+    let path = [eml(out_a, &accepted[0].id), eml(out_b, &accepted[0].id)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap();
     let raw = std::fs::read(&path).unwrap();
     let parsed = mailparse::parse_mail(&raw).unwrap();
     use mailparse::MailHeaderMap as _;
@@ -219,13 +176,17 @@ async fn queue_group_idempotency_parsing_bad_input_and_receipts() {
     )
     .await;
     assert_eq!(first.id, again.id);
-    wait_file(
-        &if eml(&a.outbox, &first.id).is_file() {
-            eml(&a.outbox, &first.id)
-        } else {
-            eml(&b.outbox, &first.id)
-        },
+    let (in_a, in_b) = (eml(out_a, &first.id), eml(out_b, &first.id));
+    testkit::eventually(
+        "the idempotent mail was sent",
         Duration::from_secs(10),
+        || async {
+            if in_a.is_file() || in_b.is_file() {
+                Ok(())
+            } else {
+                Err(format!("{} never appeared in either outbox", first.id))
+            }
+        },
     )
     .await;
 
@@ -310,16 +271,18 @@ async fn queue_group_idempotency_parsing_bad_input_and_receipts() {
         .await
         .unwrap();
     }
-    let c = Notifier::start(&cluster, dirs.0.path()).await;
-    wait_file(&eml(&c.outbox, "rcpt-pay-rcpt-1"), Duration::from_secs(15)).await;
-    let receipt = std::fs::read_to_string(eml(&c.outbox, "rcpt-pay-rcpt-1")).unwrap();
+    let c = start(&cluster, outbox(out_a)).await;
+    wait_file(&eml(out_a, "rcpt-pay-rcpt-1"), Duration::from_secs(15)).await;
+    let receipt = std::fs::read_to_string(eml(out_a, "rcpt-pay-rcpt-1")).unwrap();
     assert!(
         receipt.contains("42.00 EUR") && receipt.contains("payer@b.example"),
         "{receipt}"
     );
+    // Deliberately a bare wait: the receipt that must not be sent has had
+    // time to show up.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        !eml(&c.outbox, "rcpt-pay-rcpt-2").exists(),
+        !eml(out_a, "rcpt-pay-rcpt-2").exists(),
         "no email, no receipt"
     );
     let receipts = read::<EmailEvent>(&js, "events.email.sent")
@@ -357,7 +320,7 @@ async fn scheduled_mail_survives_restarts_and_transport_errors_retry_then_fail()
     let dir = tempfile::tempdir().unwrap();
     let client = cluster.client().await.unwrap();
     let js = jetstream::new(client.clone());
-    let notifier = Notifier::start(&cluster, dir.path()).await;
+    let notifier = start(&cluster, outbox(dir.path())).await;
 
     // Scheduled 4 s ahead: not before, and sent although every notifier
     // was down when its time came.
@@ -365,6 +328,8 @@ async fn scheduled_mail_survives_restarts_and_transport_errors_retry_then_fail()
     let accepted = send(&client, json!({"to": "later@b.example", "subject": "Later", "body": "b", "send_at": runtime::time::format_rfc3339(at)})).await;
     let scheduled = accepted.scheduled_for.clone().expect("scheduled_for");
     assert!(scheduled.ends_with('Z'));
+    // Deliberately bare waits: the mail must not be sent before its time,
+    // and its time passes while no notifier runs.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         !eml(dir.path(), &accepted.id).exists(),
@@ -373,7 +338,7 @@ async fn scheduled_mail_survives_restarts_and_transport_errors_retry_then_fail()
     notifier.stop().await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(!eml(dir.path(), &accepted.id).exists());
-    let notifier = Notifier::start(&cluster, dir.path()).await;
+    let notifier = start(&cluster, outbox(dir.path())).await;
     wait_file(&eml(dir.path(), &accepted.id), Duration::from_secs(15)).await;
     let sent_at = std::fs::metadata(eml(dir.path(), &accepted.id))
         .unwrap()
@@ -389,7 +354,7 @@ async fn scheduled_mail_survives_restarts_and_transport_errors_retry_then_fail()
         failures_left: AtomicU32::new(2),
         inner: Outbox::new(dir.path().to_owned(), "x@y.example".parse().unwrap()).unwrap(),
     });
-    let notifier = Notifier::start_with(&cluster, dir.path(), flaky.clone()).await;
+    let notifier = start(&cluster, flaky.clone()).await;
     let ok = send(
         &client,
         json!({"to": "retry@b.example", "subject": "Retry", "body": "b"}),
@@ -403,15 +368,18 @@ async fn scheduled_mail_survives_restarts_and_transport_errors_retry_then_fail()
         json!({"to": "never@b.example", "subject": "Never", "body": "b"}),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let failed = loop {
-        let failed: Vec<EmailEvent> = read(&js, "events.email.failed").await;
-        if let Some(e) = failed.into_iter().find(|e| e.id == doomed.id) {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "no events.email.failed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let failed = testkit::eventually(
+        "the undeliverable mail failed",
+        Duration::from_secs(15),
+        || async {
+            read::<EmailEvent>(&js, "events.email.failed")
+                .await
+                .into_iter()
+                .find(|e| e.id == doomed.id)
+                .ok_or("no events.email.failed")
+        },
+    )
+    .await;
     assert!(
         failed
             .error

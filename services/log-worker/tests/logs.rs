@@ -9,73 +9,35 @@
 
 use async_nats::jetstream;
 use futures::future::join_all;
-use log_worker::Local;
+use log_worker::WorkerCounters;
 use protocol::logs::{LogQueryReply, LogStats};
-use protocol::micro::{PingResponse, Verb};
 use protocol::{ErrorCode, subjects};
-use runtime::client::{call, discover, request_raw};
+use runtime::client::{call, request_raw};
 use runtime::settings::Value;
-use runtime::{CancellationToken, Settings};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use testkit::Cluster;
+use testkit::{Cluster, TestService};
 use tokio::time::Instant;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-struct Worker {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    local: Arc<Local>,
-}
-
-async fn workers_up(cluster: &Cluster) -> usize {
-    let client = cluster.client().await.unwrap();
-    discover::<PingResponse>(
-        &client,
-        Verb::Ping,
-        Some("log-worker"),
-        Duration::from_millis(200),
+/// A log-worker in this process writing to `dir`, and what it counted.
+async fn start(cluster: &Cluster, dir: &Path) -> (TestService, Arc<WorkerCounters>) {
+    let counters = Arc::new(WorkerCounters::default());
+    let service = testkit::spawn_service(
+        {
+            let c = counters.clone();
+            move |s, t| log_worker::run_with(s, t, c)
+        },
+        cluster,
+        &[("logs.log_dir", Value::from(dir.to_str().unwrap()))],
     )
-    .await
-    .unwrap()
-    .len()
-}
-
-impl Worker {
-    async fn start(cluster: &Cluster, dir: &Path) -> Worker {
-        let settings = Settings::load_with([
-            ("nats.urls", Value::from(cluster.urls())),
-            ("logs.log_dir", Value::from(dir.to_str().unwrap())),
-        ])
-        .unwrap();
-        let before = workers_up(cluster).await;
-        let shutdown = CancellationToken::new();
-        let local = Arc::new(Local::default());
-        let task = tokio::spawn(log_worker::run_with(
-            settings,
-            shutdown.clone(),
-            local.clone(),
-        ));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while workers_up(cluster).await <= before {
-            assert!(Instant::now() < deadline, "log-worker did not start");
-        }
-        Worker {
-            shutdown,
-            task,
-            local,
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
-    }
+    .await;
+    (service, counters)
 }
 
 /// `seq -> count` over every line of `<dir>/<name>.jsonl`.
@@ -108,9 +70,9 @@ async fn seed_workers_share_messages_stats_query_and_bad_input() {
     let cluster = Cluster::start(3).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let workers = [
-        Worker::start(&cluster, dir.path()).await,
-        Worker::start(&cluster, dir.path()).await,
-        Worker::start(&cluster, dir.path()).await,
+        start(&cluster, dir.path()).await,
+        start(&cluster, dir.path()).await,
+        start(&cluster, dir.path()).await,
     ];
     let client = cluster.client().await.unwrap();
     let js = jetstream::new(client.clone());
@@ -125,22 +87,26 @@ async fn seed_workers_share_messages_stats_query_and_bad_input() {
         .unwrap()
         .await
         .unwrap();
+        // Pacing, not waiting: spread over time, the messages reach every
+        // worker's pulls.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while workers
-        .iter()
-        .map(|w| w.local.written.load(Ordering::Relaxed))
-        .sum::<u64>()
-        < 30
-    {
-        assert!(Instant::now() < deadline, "not all 30 written");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let split: Vec<u64> = workers
-        .iter()
-        .map(|w| w.local.written.load(Ordering::Relaxed))
-        .collect();
+    let written = || {
+        workers
+            .iter()
+            .map(|(_, c)| c.written.load(Ordering::Relaxed))
+            .collect::<Vec<u64>>()
+    };
+    testkit::eventually("all 30 written", Duration::from_secs(15), || async {
+        let split = written();
+        if split.iter().sum::<u64>() >= 30 {
+            Ok(())
+        } else {
+            Err(format!("not all 30 written: {split:?}"))
+        }
+    })
+    .await;
+    let split = written();
     println!("30 seed messages split across 3 workers: {split:?}");
     assert_eq!(split.iter().sum::<u64>(), 30);
     assert!(
@@ -180,15 +146,19 @@ async fn seed_workers_share_messages_stats_query_and_bad_input() {
         .unwrap()
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let totals = loop {
-        let s = stats(&client).await;
-        if s.processed >= 40 && s.rejected >= 2 {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "stats: {s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let totals = testkit::eventually(
+        "40 processed and 2 rejected",
+        Duration::from_secs(15),
+        || async {
+            let s = stats(&client).await;
+            if s.processed >= 40 && s.rejected >= 2 {
+                Ok(s)
+            } else {
+                Err(format!("stats: {s:?}"))
+            }
+        },
+    )
+    .await;
     assert_eq!(totals.processed, 40);
     assert_eq!(totals.rejected, 2);
     assert_eq!(totals.by_service.get("seed"), Some(&30));
@@ -278,7 +248,7 @@ async fn seed_workers_share_messages_stats_query_and_bad_input() {
         reply.error().map(|e| e.code),
         Some(ErrorCode::InvalidRequest)
     );
-    for w in workers {
+    for (w, _) in workers {
         w.stop().await;
     }
 }
@@ -287,24 +257,29 @@ async fn seed_workers_share_messages_stats_query_and_bad_input() {
 async fn three_worker_processes_one_sigkilled_write_each_record_once() {
     let cluster = Cluster::start(3).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let spawn = || {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_log-worker"))
-            .env("SWITCHYARD__NATS__URLS", cluster.urls().join(","))
-            .env("SWITCHYARD__LOGS__LOG_DIR", dir.path())
-            .env("SWITCHYARD__LOGS__BATCH", "100")
-            .env("SWITCHYARD__LOGS__ACK_WAIT_MS", "2000")
-            .env("SWITCHYARD__LOG__SHIP", "true")
-            .env("SWITCHYARD__LOG__LEVEL", "info")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
-    let mut procs = vec![spawn(), spawn(), spawn()];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while workers_up(&cluster).await < 3 {
-        assert!(Instant::now() < deadline, "workers did not start");
-    }
+    let log_dir = dir.path().to_str().unwrap();
+    let env = [
+        ("SWITCHYARD__LOGS__LOG_DIR", log_dir),
+        ("SWITCHYARD__LOGS__BATCH", "100"),
+        ("SWITCHYARD__LOGS__ACK_WAIT_MS", "2000"),
+        ("SWITCHYARD__LOG__SHIP", "true"),
+        ("SWITCHYARD__LOG__LEVEL", "info"),
+    ];
+    let bin = env!("CARGO_BIN_EXE_log-worker");
+    let (p0, p1, p2) = tokio::join!(
+        testkit::spawn_process(bin, &cluster, &env),
+        testkit::spawn_process(bin, &cluster, &env),
+        testkit::spawn_process(bin, &cluster, &env),
+    );
+    let mut procs = vec![p0, p1, p2];
     let client = cluster.client().await.unwrap();
+    testkit::eventually("3 workers up", Duration::from_secs(30), || async {
+        match testkit::instances(&client, "log-worker").await.len() {
+            n if n >= 3 => Ok(()),
+            n => Err(format!("workers did not start: {n} of 3 up")),
+        }
+    })
+    .await;
     let js = jetstream::new(client.clone());
     let services = ["svc-a", "svc-b", "svc-c"];
     let total = 3000;
@@ -331,27 +306,26 @@ async fn three_worker_processes_one_sigkilled_write_each_record_once() {
         })
     };
     let written = |dir: &Path| services.iter().map(|s| seqs(dir, s).len()).sum::<usize>();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while written(dir.path()) < 1000 {
-        assert!(Instant::now() < deadline, "no progress");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    procs[0].start_kill().unwrap();
-    procs[0].wait().await.unwrap();
+    testkit::eventually("1000 written", Duration::from_secs(60), || async {
+        match written(dir.path()) {
+            n if n >= 1000 => Ok(()),
+            n => Err(format!("no progress: {n} written")),
+        }
+    })
+    .await;
+    procs[0].kill().await;
     println!(
         "SIGKILLed one of 3 workers with {} of {total} written",
         written(dir.path())
     );
     publisher.await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while written(dir.path()) < total {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {total} written",
-            written(dir.path())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    testkit::eventually("all written", Duration::from_secs(90), || async {
+        match written(dir.path()) {
+            n if n >= total => Ok(()),
+            n => Err(format!("{n} of {total} written")),
+        }
+    })
+    .await;
     let mut all = HashSet::new();
     for s in services {
         let counts = seqs(dir.path(), s);
@@ -367,7 +341,16 @@ async fn three_worker_processes_one_sigkilled_write_each_record_once() {
     // Ingestion rate of the 2 remaining workers: queue 6,000 records while
     // maintenance pauses them, then time the drain.
     runtime::maintenance::set(&js, 3, true).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    testkit::eventually("the workers paused", Duration::from_secs(15), || async {
+        let reply = request_raw(&client, subjects::LOGS_STATS, None, "{}".into(), TIMEOUT)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        match reply.error().map(|e| e.code) {
+            Some(ErrorCode::Maintenance) => Ok(()),
+            other => Err(format!("stats answered {other:?}, not maintenance")),
+        }
+    })
+    .await;
     let backlog = 6000;
     for chunk in (0..backlog).collect::<Vec<_>>().chunks(500) {
         join_all(chunk.iter().map(|i| {
@@ -384,11 +367,13 @@ async fn three_worker_processes_one_sigkilled_write_each_record_once() {
     }
     runtime::maintenance::set(&js, 3, false).await.unwrap();
     let resumed = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while seqs(dir.path(), "svc-t").len() < backlog {
-        assert!(Instant::now() < deadline, "backlog not drained");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    testkit::eventually("backlog drained", Duration::from_secs(60), || async {
+        match seqs(dir.path(), "svc-t").len() {
+            n if n >= backlog => Ok(()),
+            n => Err(format!("backlog not drained: {n} of {backlog}")),
+        }
+    })
+    .await;
     let took = resumed.elapsed();
     println!(
         "2 workers wrote a backlog of {backlog} records in {took:?}: {:.0} records/s",
@@ -397,20 +382,16 @@ async fn three_worker_processes_one_sigkilled_write_each_record_once() {
 
     // The workers ship their own logs too (log.ship): their start-up
     // records reached log-worker.jsonl through LOGS.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    testkit::eventually("shipped logs arrived", Duration::from_secs(15), || async {
         let own = std::fs::read_to_string(dir.path().join("log-worker.jsonl")).unwrap_or_default();
         if own.contains("micro service started") {
-            break;
+            Ok(())
+        } else {
+            Err(format!("shipped logs never arrived: {own}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "shipped logs never arrived: {own}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     for mut p in procs.drain(1..) {
-        p.start_kill().unwrap();
-        p.wait().await.unwrap();
+        p.kill().await;
     }
 }

@@ -15,23 +15,29 @@ use runtime::settings::Value;
 use runtime::{App, CancellationToken, Settings};
 use serde_json::json;
 use std::time::Duration;
-use testkit::Cluster;
-use tokio::time::Instant;
+use testkit::{Cluster, eventually, spawn_process, spawn_service};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-fn settings(cluster: &Cluster, extra: &[(&str, Value)]) -> Settings {
-    let mut overrides = vec![
-        ("nats.urls".to_owned(), Value::from(cluster.urls())),
-        (
-            "registry.metrics_addr".to_owned(),
-            Value::from("127.0.0.1:0"),
-        ),
-        ("registry.reap_every_ms".to_owned(), Value::from(200)),
-        ("service.registry.ttl_s".to_owned(), Value::from(2)),
-    ];
-    overrides.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-    Settings::load_with(overrides).unwrap()
+/// Settings for the registry and the demo service (on top of the cluster's).
+fn overrides() -> Vec<(&'static str, Value)> {
+    vec![
+        ("registry.metrics_addr", Value::from("127.0.0.1:0")),
+        ("registry.reap_every_ms", Value::from(200)),
+        ("service.registry.ttl_s", Value::from(2)),
+    ]
+}
+
+/// A service built on the runtime: one echo endpoint; it registers itself.
+async fn demo(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    App::connect("demo", settings, shutdown)
+        .await?
+        .service("1.2.3", "a demo")
+        .endpoint("echo", "demo.echo", |(), v: serde_json::Value| async move {
+            Ok::<_, ServiceError>(v)
+        })
+        .serve()
+        .await
 }
 
 async fn lookup(client: &async_nats::Client, name: &str) -> LookupReply {
@@ -45,94 +51,53 @@ async fn lookup(client: &async_nats::Client, name: &str) -> LookupReply {
     .unwrap()
 }
 
-async fn registry_ready(client: &async_nats::Client, n: usize) {
-    until("registry answers", Duration::from_secs(20), async || {
-        discover::<protocol::micro::PingResponse>(
-            client,
-            Verb::Ping,
-            Some("registry"),
-            Duration::from_millis(200),
-        )
-        .await
-        .unwrap()
-        .len()
-            >= n
-    })
-    .await;
-}
-
-async fn until<F: AsyncFn() -> bool>(what: &str, within: Duration, check: F) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn registration_health_removal_metrics_and_bad_input() {
     let cluster = Cluster::start(3).await.unwrap();
-    let s = settings(&cluster, &[]);
-    let shutdown = CancellationToken::new();
-    let registry = tokio::spawn(registry::run(s, shutdown.clone()));
+    let registry = spawn_service(registry::run, &cluster, &overrides()).await;
     let client = cluster.client().await.unwrap();
-    registry_ready(&client, 1).await;
+    let client = &client;
 
     // A service built on the runtime registers itself.
-    let demo_stop = CancellationToken::new();
-    let app = App::start("demo", settings(&cluster, &[]), demo_stop.clone())
-        .await
-        .unwrap()
-        .unwrap();
-    let demo = app
-        .service("1.2.3", "a demo")
-        .endpoint("echo", "demo.echo", |v: serde_json::Value| async move {
-            Ok::<_, ServiceError>(v)
-        })
-        .start()
-        .await
-        .unwrap();
+    let demo = spawn_service(demo, &cluster, &overrides()).await;
     let demo_id = demo.id().to_owned();
-    let demo_task = tokio::spawn(app.serve(vec![demo]));
-    until("demo registered", Duration::from_secs(15), async || {
-        lookup(&client, "demo")
-            .await
-            .instances
-            .iter()
-            .any(|i| i.instance_id == demo_id && i.healthy)
+    let me = eventually("demo registered", Duration::from_secs(15), || async {
+        let found = lookup(client, "demo").await;
+        match found.instances.iter().find(|i| i.instance_id == demo_id) {
+            Some(me) if me.healthy => Ok(me.clone()),
+            _ => Err(format!("{:?}", found.instances)),
+        }
     })
     .await;
-    let found = lookup(&client, "demo").await;
-    let me = found
-        .instances
-        .iter()
-        .find(|i| i.instance_id == demo_id)
-        .unwrap();
     assert_eq!(me.version, "1.2.3");
     assert_eq!(me.endpoints, ["demo.echo"]);
     assert!(me.last_seen.ends_with('Z'));
     // The registry registers itself too.
-    until("registry registered", Duration::from_secs(15), async || {
-        let list: ListReply = call(&client, subjects::REGISTRY_LIST, &json!({}), TIMEOUT)
+    eventually("registry registered", Duration::from_secs(15), || async {
+        let list: ListReply = call(client, subjects::REGISTRY_LIST, &json!({}), TIMEOUT)
             .await
             .unwrap();
-        list.services.get("demo") == Some(&1) && list.services.get("registry") == Some(&1)
+        if list.services.get("demo") == Some(&1) && list.services.get("registry") == Some(&1) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", list.services))
+        }
     })
     .await;
     // A name with no instances: an empty list, not 404.
-    assert!(lookup(&client, "nobody").await.instances.is_empty());
+    assert!(lookup(client, "nobody").await.instances.is_empty());
 
     // /metrics parses and counts the requests made here.
     for i in 0..7 {
-        let _: serde_json::Value = call(&client, "demo.echo", &json!({"i": i}), TIMEOUT)
+        let _: serde_json::Value = call(client, "demo.echo", &json!({"i": i}), TIMEOUT)
             .await
             .unwrap();
     }
-    let _ = request_raw(&client, "demo.echo", None, "not json".into(), TIMEOUT)
+    let _ = request_raw(client, "demo.echo", None, "not json".into(), TIMEOUT)
         .await
         .unwrap();
     let infos: Vec<InfoResponse> = discover(
-        &client,
+        client,
         Verb::Info,
         Some("registry"),
         Duration::from_millis(300),
@@ -175,7 +140,7 @@ async fn registration_health_removal_metrics_and_bad_input() {
 
     // Missed heartbeats: unhealthy after the TTL, then removed.
     let reg: serde_json::Value = call(
-        &client,
+        client,
         subjects::REGISTRY_REGISTER,
         &json!({"name": "ghost", "instance_id": "g1", "version": "0.0.1", "ttl_s": 1}),
         TIMEOUT,
@@ -183,21 +148,26 @@ async fn registration_health_removal_metrics_and_bad_input() {
     .await
     .unwrap();
     assert_eq!(reg, json!({"ok": true, "ttl_s": 1}));
-    assert!(lookup(&client, "ghost").await.instances[0].healthy);
-    until("ghost unhealthy", Duration::from_secs(5), async || {
-        lookup(&client, "ghost")
-            .await
-            .instances
-            .first()
-            .is_some_and(|i| !i.healthy)
+    assert!(lookup(client, "ghost").await.instances[0].healthy);
+    eventually("ghost unhealthy", Duration::from_secs(5), || async {
+        let ghost = lookup(client, "ghost").await.instances;
+        match ghost.first() {
+            Some(i) if !i.healthy => Ok(()),
+            _ => Err(format!("{ghost:?}")),
+        }
     })
     .await;
-    until("ghost removed", Duration::from_secs(10), async || {
-        lookup(&client, "ghost").await.instances.is_empty()
+    eventually("ghost removed", Duration::from_secs(10), || async {
+        let ghost = lookup(client, "ghost").await.instances;
+        if ghost.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{ghost:?}"))
+        }
     })
     .await;
     let err = call::<_, serde_json::Value>(
-        &client,
+        client,
         subjects::REGISTRY_HEARTBEAT,
         &json!({"name": "ghost", "instance_id": "g1"}),
         TIMEOUT,
@@ -231,7 +201,7 @@ async fn registration_health_removal_metrics_and_bad_input() {
         ),
         (subjects::REGISTRY_LIST, "nope", ErrorCode::InvalidRequest),
     ] {
-        let reply = request_raw(&client, subject, None, body.to_owned().into(), TIMEOUT)
+        let reply = request_raw(client, subject, None, body.to_owned().into(), TIMEOUT)
             .await
             .unwrap();
         assert_eq!(
@@ -242,50 +212,52 @@ async fn registration_health_removal_metrics_and_bad_input() {
     }
 
     // Graceful shutdown deregisters (long before the TTL would remove it).
-    demo_stop.cancel();
-    demo_task.await.unwrap().unwrap();
+    demo.stop().await;
     assert!(
-        lookup(&client, "demo").await.instances.is_empty(),
+        lookup(client, "demo").await.instances.is_empty(),
         "deregistered at shutdown"
     );
-    shutdown.cancel();
-    registry.await.unwrap().unwrap();
+    registry.stop().await;
 }
 
 #[tokio::test]
 async fn a_sigtermed_process_deregisters() {
     let cluster = Cluster::start(3).await.unwrap();
-    let shutdown = CancellationToken::new();
-    let registry = tokio::spawn(registry::run(settings(&cluster, &[]), shutdown.clone()));
+    let registry = spawn_service(registry::run, &cluster, &overrides()).await;
     let client = cluster.client().await.unwrap();
-    registry_ready(&client, 1).await;
+    let client = &client;
     // A second registry, as a process: it registers itself like any service.
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_registry"))
-        .env("SWITCHYARD__NATS__URLS", cluster.urls().join(","))
-        .env("SWITCHYARD__REGISTRY__METRICS_ADDR", "")
-        .env("SWITCHYARD__SERVICE__REGISTRY__TTL_S", "30")
-        .env("SWITCHYARD__LOG__LEVEL", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut child = child;
-    until(
-        "two registries registered",
-        Duration::from_secs(20),
-        async || lookup(&client, "registry").await.instances.len() == 2,
+    let mut child = spawn_process(
+        env!("CARGO_BIN_EXE_registry"),
+        &cluster,
+        &[
+            ("SWITCHYARD__REGISTRY__METRICS_ADDR", ""),
+            ("SWITCHYARD__SERVICE__REGISTRY__TTL_S", "30"),
+            ("SWITCHYARD__LOG__LEVEL", "warn"),
+        ],
     )
     .await;
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+    eventually(
+        "two registries registered",
+        Duration::from_secs(20),
+        || async {
+            let registries = lookup(client, "registry").await.instances;
+            if registries.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{registries:?}"))
+            }
+        },
+    )
+    .await;
+    let status = child
+        .terminate(Duration::from_secs(15))
         .await
-        .unwrap()
-        .unwrap();
+        .expect("the SIGTERMed registry exits within 15 s");
     assert!(status.success(), "{status}");
     // Gone at once: its TTL (30 s) did not have to run out.
-    assert_eq!(lookup(&client, "registry").await.instances.len(), 1);
-    shutdown.cancel();
-    registry.await.unwrap().unwrap();
+    assert_eq!(lookup(client, "registry").await.instances.len(), 1);
+    registry.stop().await;
 }
 
 /// A GET with no HTTP client crate: one request on a raw connection.

@@ -9,32 +9,17 @@
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
-use protocol::micro::{PingResponse, Verb};
 use protocol::stocks::{Snapshot, Symbols, Tick};
 use protocol::{ErrorCode, subjects};
-use runtime::client::{call, discover, request_raw};
+use runtime::client::{call, request_raw};
 use runtime::settings::Value;
-use runtime::{CancellationToken, Settings};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
-use testkit::Cluster;
+use testkit::{Cluster, eventually, instances, spawn_process, spawn_service};
 use tokio::time::Instant;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-async fn tickers_up(cluster: &Cluster) -> usize {
-    let client = cluster.client().await.unwrap();
-    discover::<PingResponse>(
-        &client,
-        Verb::Ping,
-        Some("stock-ticker"),
-        Duration::from_millis(200),
-    )
-    .await
-    .unwrap()
-    .len()
-}
 
 fn is_cents(s: &str) -> bool {
     let s = s.strip_prefix('-').unwrap_or(s);
@@ -73,19 +58,21 @@ async fn stored(js: &jetstream::Context, symbol: &str) -> Vec<Tick> {
 #[tokio::test]
 async fn ticks_late_joiners_snapshot_symbols_and_bad_input() {
     let cluster = Cluster::start(3).await.unwrap();
-    let settings = Settings::load_with([
-        ("nats.urls", Value::from(cluster.urls())),
-        ("stocks.symbols", Value::from(vec!["AAPL", "MSFT"])),
-        ("stocks.interval_ms", Value::from(20)),
-    ])
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(stock_ticker::run(settings, shutdown.clone()));
     let client = cluster.client().await.unwrap();
     let js = jetstream::new(client.clone());
+    // Subscribed before the ticker starts, so the seq checks see its first ticks.
+    let mut live = client.subscribe("stocks.>").await.unwrap();
+    let ticker = spawn_service(
+        stock_ticker::run,
+        &cluster,
+        &[
+            ("stocks.symbols", Value::from(vec!["AAPL", "MSFT"])),
+            ("stocks.interval_ms", Value::from(20)),
+        ],
+    )
+    .await;
 
     // Live ticks: seq +1 per symbol, decimal strings.
-    let mut live = client.subscribe("stocks.>").await.unwrap();
     let mut last: HashMap<String, Tick> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while last.values().map(|t| t.seq).min().unwrap_or(0) < 20 || last.len() < 2 {
@@ -149,8 +136,8 @@ async fn ticks_late_joiners_snapshot_symbols_and_bad_input() {
 
     // Stop, then the snapshot is exactly the last ticks; the history is
     // gap-free from 1.
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    ticker.stop().await;
+    // Ticks still on their way: read until none came for 300 ms.
     let mut live_rest = Vec::new();
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), live.next()).await {
         live_rest.push(serde_json::from_slice::<Tick>(&m.payload).unwrap());
@@ -159,18 +146,19 @@ async fn ticks_late_joiners_snapshot_symbols_and_bad_input() {
         last.insert(t.symbol.clone(), t);
     }
     // The endpoints stopped with the ticker; read the snapshot from a fresh one.
-    let settings = Settings::load_with([
-        ("nats.urls", Value::from(cluster.urls())),
-        ("stocks.symbols", Value::from(vec!["AAPL", "MSFT"])),
-        ("stocks.interval_ms", Value::from(60_000)),
-    ])
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(stock_ticker::run(settings, shutdown.clone()));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tickers_up(&cluster).await == 0 {
-        assert!(Instant::now() < deadline);
-    }
+    assert!(
+        instances(&client, "stock-ticker").await.is_empty(),
+        "the stopped ticker still answers $SRV.PING"
+    );
+    let fresh = spawn_service(
+        stock_ticker::run,
+        &cluster,
+        &[
+            ("stocks.symbols", Value::from(vec!["AAPL", "MSFT"])),
+            ("stocks.interval_ms", Value::from(60_000)),
+        ],
+    )
+    .await;
     let snap: Snapshot = call(&client, subjects::STOCKS_SNAPSHOT, &json!({}), TIMEOUT)
         .await
         .unwrap();
@@ -192,54 +180,72 @@ async fn ticks_late_joiners_snapshot_symbols_and_bad_input() {
             "{symbol}: gap-free from 1"
         );
     }
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    fresh.stop().await;
+}
+
+/// The seq of the last stored tick of `symbol` (0 if none).
+async fn last_seq(stream: &jetstream::stream::Stream, symbol: &str) -> u64 {
+    match stream
+        .get_last_raw_message_by_subject(&format!("stocks.{symbol}"))
+        .await
+    {
+        Ok(m) => serde_json::from_slice::<Tick>(&m.payload).unwrap().seq,
+        Err(_) => 0,
+    }
 }
 
 #[tokio::test]
 async fn a_killed_leader_is_replaced_within_the_ttl_and_seq_continues() {
     let cluster = Cluster::start(3).await.unwrap();
-    let spawn = || {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_stock-ticker"))
-            .env("SWITCHYARD__NATS__URLS", cluster.urls().join(","))
-            .env("SWITCHYARD__STOCKS__SYMBOLS", "AAPL,MSFT,NVDA")
-            .env("SWITCHYARD__STOCKS__INTERVAL_MS", "50")
-            .env("SWITCHYARD__STOCKS__LEASE_TTL_MS", "2000")
-            .env("SWITCHYARD__LOG__LEVEL", "warn")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
-    let mut procs = [spawn(), spawn()];
+    let env = [
+        ("SWITCHYARD__STOCKS__SYMBOLS", "AAPL,MSFT,NVDA"),
+        ("SWITCHYARD__STOCKS__INTERVAL_MS", "50"),
+        ("SWITCHYARD__STOCKS__LEASE_TTL_MS", "2000"),
+        ("SWITCHYARD__LOG__LEVEL", "warn"),
+    ];
+    let binary = env!("CARGO_BIN_EXE_stock-ticker");
+    let mut procs = [
+        spawn_process(binary, &cluster, &env).await,
+        spawn_process(binary, &cluster, &env).await,
+    ];
     let client = cluster.client().await.unwrap();
     let js = jetstream::new(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tickers_up(&cluster).await < 2 {
-        assert!(Instant::now() < deadline, "tickers did not start");
-    }
     let lease = js.get_key_value("stock-ticker-lease").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let leader_pid = loop {
-        if let Some(v) = lease.get("leader").await.unwrap() {
-            let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
-            break v["pid"].as_u64().unwrap() as u32;
+    let leader_instance = eventually("a leader", Duration::from_secs(10), || async {
+        match lease.get("leader").await.unwrap() {
+            Some(v) => {
+                let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
+                Ok(v["instance"].as_str().unwrap().to_owned())
+            }
+            None => Err("no lease"),
         }
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    })
+    .await;
+    // Some history before the crash (about 1 s of ticks).
+    let stream = js.get_stream("STOCKS").await.unwrap();
+    eventually("20 ticks stored", Duration::from_secs(10), || async {
+        let mut seqs = Vec::new();
+        for symbol in ["AAPL", "MSFT", "NVDA"] {
+            seqs.push(last_seq(&stream, symbol).await);
+        }
+        if seqs.iter().all(|&s| s >= 20) {
+            Ok(())
+        } else {
+            Err(format!("{seqs:?}"))
+        }
+    })
+    .await;
     let mut live = client.subscribe("stocks.AAPL").await.unwrap();
     let leader = procs
         .iter_mut()
-        .find(|p| p.id() == Some(leader_pid))
+        .find(|p| p.id() == leader_instance)
         .expect("the leader is one of ours");
-    leader.start_kill().unwrap();
-    leader.wait().await.unwrap();
+    leader.kill().await;
     let killed = Instant::now();
     // Drain what was in flight, then time the first tick from the standby.
     let mut last_seen = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(10);
-    let gap = loop {
+    let (gap, taken_over) = loop {
         let m = tokio::time::timeout_at(deadline, live.next())
             .await
             .expect("the standby took over")
@@ -248,8 +254,8 @@ async fn a_killed_leader_is_replaced_within_the_ttl_and_seq_continues() {
         let quiet = now - last_seen;
         last_seen = now;
         if quiet > Duration::from_millis(500) {
-            let _: Tick = serde_json::from_slice(&m.payload).unwrap();
-            break killed.elapsed();
+            let tick: Tick = serde_json::from_slice(&m.payload).unwrap();
+            break (killed.elapsed(), tick.seq);
         }
     };
     println!("standby published {gap:?} after the leader was SIGKILLed (lease TTL 2 s)");
@@ -257,7 +263,23 @@ async fn a_killed_leader_is_replaced_within_the_ttl_and_seq_continues() {
         gap <= Duration::from_millis(2000 + 1500),
         "took over within the TTL (plus one standby poll): {gap:?}"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A few rounds from the new leader, so the history spans the takeover.
+    eventually(
+        "the new leader stored more rounds",
+        Duration::from_secs(10),
+        || async {
+            let mut seqs = Vec::new();
+            for symbol in ["AAPL", "MSFT", "NVDA"] {
+                seqs.push(last_seq(&stream, symbol).await);
+            }
+            if seqs.iter().all(|&s| s >= taken_over + 5) {
+                Ok(())
+            } else {
+                Err(format!("{seqs:?}, took over at {taken_over}"))
+            }
+        },
+    )
+    .await;
     for symbol in ["AAPL", "MSFT", "NVDA"] {
         let history = stored(&js, symbol).await;
         let seqs: Vec<u64> = history.iter().map(|t| t.seq).collect();
@@ -268,28 +290,29 @@ async fn a_killed_leader_is_replaced_within_the_ttl_and_seq_continues() {
         assert!(seqs.len() > 20);
     }
     for p in &mut procs {
-        let _ = p.start_kill();
-        let _ = p.wait().await;
+        p.kill().await;
     }
 }
 
 #[tokio::test]
 async fn max_tick_rate() {
     let cluster = Cluster::start(3).await.unwrap();
-    let settings = Settings::load_with([
-        ("nats.urls", Value::from(cluster.urls())),
-        (
-            "stocks.symbols",
-            Value::from(vec!["AAPL", "MSFT", "GOOG", "AMZN", "NVDA"]),
-        ),
-        ("stocks.interval_ms", Value::from(1)),
-    ])
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(stock_ticker::run(settings, shutdown.clone()));
     let client = cluster.client().await.unwrap();
     let mut live = client.subscribe("stocks.>").await.unwrap();
-    // Warm up, then count for 2 s.
+    let ticker = spawn_service(
+        stock_ticker::run,
+        &cluster,
+        &[
+            (
+                "stocks.symbols",
+                Value::from(vec!["AAPL", "MSFT", "GOOG", "AMZN", "NVDA"]),
+            ),
+            ("stocks.interval_ms", Value::from(1)),
+        ],
+    )
+    .await;
+    // Warm up: the first tick, then 500 ms of ticking (a measurement's
+    // warm-up is time by nature, not a condition), then count for 2 s.
     let _ = tokio::time::timeout(Duration::from_secs(10), live.next())
         .await
         .unwrap();
@@ -307,6 +330,5 @@ async fn max_tick_rate() {
     let rate = n as f64 / start.elapsed().as_secs_f64();
     println!("ticker sustained {rate:.0} ticks/s (5 symbols, 1 ms interval, R3 stream)");
     assert!(n > 0);
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    ticker.stop().await;
 }
