@@ -1,0 +1,293 @@
+//! The one service lifecycle (`App::connect → service() … serve()`) on a
+//! real 3-node cluster: what a stop does to pulled messages, and what a
+//! failing part does to the whole service.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt as _;
+use protocol::ServiceError;
+use runtime::micro::NoInput;
+use runtime::settings::Value;
+use runtime::{App, CancellationToken, Settings};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use testkit::{Cluster, eventually};
+use tokio::time::Instant;
+
+fn settings(cluster: &Cluster, grace_ms: u64) -> Settings {
+    Settings::load_with([
+        ("nats.urls", Value::from(cluster.urls())),
+        ("service.shutdown_grace_ms", Value::from(grace_ms)),
+    ])
+    .unwrap()
+}
+
+/// A work-queue stream `name` on `<name>.>` with one durable pull consumer
+/// whose ack wait is a minute: anything redelivered sooner was given back.
+async fn work_queue(js: &jetstream::Context, name: &str) -> consumer::PullConsumer {
+    let stream = runtime::js::ensure_stream(
+        js,
+        stream::Config {
+            name: name.into(),
+            subjects: vec![format!("{name}.>")],
+            retention: stream::RetentionPolicy::WorkQueue,
+            num_replicas: 3,
+            ..Default::default()
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("workers".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+async fn publish(js: &jetstream::Context, subject: &str, body: &'static str) {
+    js.publish(subject.to_owned(), body.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// The stream sequences `consumer` hands out within `wait`; each message
+/// is given back at once, so a later call can see it again.
+async fn take(consumer: &consumer::PullConsumer, wait: Duration) -> BTreeSet<u64> {
+    let mut out = BTreeSet::new();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(100)
+        .expires(wait)
+        .messages()
+        .await
+        .unwrap();
+    while let Some(Ok(m)) = batch.next().await {
+        out.insert(m.info().unwrap().stream_sequence);
+        m.ack_with(jetstream::AckKind::Nak(None)).await.unwrap();
+    }
+    out
+}
+
+#[tokio::test]
+async fn stop_gives_unfinished_and_unstarted_messages_back_at_once() {
+    let cluster = testkit::shared().await;
+    let js = jetstream::new(cluster.client().await.unwrap());
+    let consumer = work_queue(&js, "LC_GIVE_BACK").await;
+    for _ in 0..10 {
+        publish(&js, "LC_GIVE_BACK.job", "stuck").await;
+    }
+    let started = Arc::new(AtomicUsize::new(0));
+    let shutdown = CancellationToken::new();
+    let app = App::connect("lc-give-back", settings(cluster, 300), shutdown.clone())
+        .await
+        .unwrap();
+    let serving = tokio::spawn(
+        app.service("0.0.0", "handlers that never finish")
+            .with_state(started.clone())
+            .pull_worker(
+                "stuck",
+                consumer.clone(),
+                4,
+                |started, _message| async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                },
+            )
+            .serve(),
+    );
+    eventually("four handlers running", Duration::from_secs(10), || async {
+        match started.load(Ordering::SeqCst) {
+            4 => Ok(()),
+            n => Err(format!("{n} started")),
+        }
+    })
+    .await;
+
+    let stopping = Instant::now();
+    shutdown.cancel();
+    serving.await.unwrap().unwrap();
+    let stopped_in = stopping.elapsed();
+    assert!(
+        stopped_in < Duration::from_secs(5),
+        "stop took {stopped_in:?} with a 300 ms grace period"
+    );
+    assert_eq!(started.load(Ordering::SeqCst), 4, "only four were started");
+
+    // All ten come again at once (the ack wait is a minute): the four that
+    // were running, those the pull stream had buffered (it asks for more
+    // while the last permits are taken) and those the server kept.
+    let seen = std::sync::Mutex::new(BTreeSet::new());
+    eventually("all ten back", Duration::from_secs(10), || async {
+        let again = take(&consumer, Duration::from_millis(500)).await;
+        let mut seen = seen.lock().unwrap();
+        seen.extend(again);
+        if seen.len() == 10 {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    })
+    .await;
+    let seen = seen.into_inner().unwrap();
+    assert_eq!(seen.len(), 10);
+}
+
+#[tokio::test]
+async fn in_flight_messages_finish_within_the_grace_period() {
+    let cluster = testkit::shared().await;
+    let js = jetstream::new(cluster.client().await.unwrap());
+    let consumer = work_queue(&js, "LC_FINISH").await;
+    for _ in 0..3 {
+        publish(&js, "LC_FINISH.job", "slow").await;
+    }
+    let started = Arc::new(AtomicUsize::new(0));
+    let shutdown = CancellationToken::new();
+    let app = App::connect("lc-finish", settings(cluster, 10_000), shutdown.clone())
+        .await
+        .unwrap();
+    let serving = tokio::spawn(
+        app.service("0.0.0", "slow handlers that finish")
+            .with_state(started.clone())
+            .pull_worker("slow", consumer.clone(), 3, |started, message| async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                message.ack().await.unwrap();
+            })
+            .serve(),
+    );
+    eventually(
+        "three handlers running",
+        Duration::from_secs(10),
+        || async {
+            match started.load(Ordering::SeqCst) {
+                3 => Ok(()),
+                n => Err(format!("{n} started")),
+            }
+        },
+    )
+    .await;
+    shutdown.cancel();
+    serving.await.unwrap().unwrap();
+    // serve() returned after the acks: nothing is pending or left.
+    let info = js
+        .get_stream("LC_FINISH")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(
+        info.state.messages, 0,
+        "every message acked before stop returned"
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_handler_gives_its_message_back_and_the_worker_goes_on() {
+    let cluster = testkit::shared().await;
+    let js = jetstream::new(cluster.client().await.unwrap());
+    let consumer = work_queue(&js, "LC_PANIC").await;
+    publish(&js, "LC_PANIC.job", "boom").await;
+    publish(&js, "LC_PANIC.job", "fine").await;
+    let shutdown = CancellationToken::new();
+    let app = App::connect("lc-panic", settings(cluster, 1_000), shutdown.clone())
+        .await
+        .unwrap();
+    let serving = tokio::spawn(
+        app.service("0.0.0", "a handler that panics once")
+            .pull_worker("panicky", consumer, 1, |(), message| async move {
+                let first = message.info().unwrap().delivered == 1;
+                if first && &message.payload[..] == b"boom" {
+                    panic!("boom");
+                }
+                message.ack().await.unwrap();
+            })
+            .serve(),
+    );
+    // Given back at once (not after the minute of ack wait), then acked.
+    eventually("both messages acked", Duration::from_secs(10), || async {
+        let info = js
+            .get_stream("LC_PANIC")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
+        match info.state.messages {
+            0 => Ok(()),
+            n => Err(format!("{n} left")),
+        }
+    })
+    .await;
+    assert!(
+        !serving.is_finished(),
+        "a handler panic stopped the service"
+    );
+    shutdown.cancel();
+    serving.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_or_panicking_task_stops_the_service_with_an_error() {
+    let cluster = testkit::shared().await;
+    let client = cluster.client().await.unwrap();
+    for (name, panics) in [("lc-fails", false), ("lc-panics", true)] {
+        let app = App::connect(name, settings(cluster, 1_000), CancellationToken::new())
+            .await
+            .unwrap();
+        let subject = format!("lc.{name}.ping");
+        let serving = tokio::spawn(
+            app.service("0.0.0", "a task that gives up")
+                .endpoint("ping", &subject, |(), _: NoInput| async {
+                    Ok::<_, ServiceError>("pong")
+                })
+                .task("doomed", move |(), _stop| async move {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if panics {
+                        panic!("the doomed task panicked");
+                    }
+                    anyhow::bail!("the doomed task gave up")
+                })
+                .serve(),
+        );
+        // Serving until the task fails...
+        let reply = eventually("the endpoint answers", Duration::from_secs(5), || async {
+            client.request(subject.clone(), "".into()).await
+        })
+        .await;
+        assert_eq!(&reply.payload[..], br#""pong""#);
+        // ...then stopped, with an error naming the task, and gone.
+        let err = tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("the service stopped by itself")
+            .unwrap()
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("doomed"), "{text}");
+        let why = if panics { "panicked" } else { "gave up" };
+        assert!(text.contains(why), "{text}");
+        let gone = client.request(subject, "".into()).await.unwrap_err();
+        assert_eq!(
+            gone.kind(),
+            async_nats::client::RequestErrorKind::NoResponders,
+            "{gone}"
+        );
+    }
+}
