@@ -6,10 +6,9 @@
 //! - `deploy/nats/accounts.conf` (docker compose, included by nats.conf);
 //! - `deploy/k8s/nats-values.yaml` (values for the official NATS Helm chart).
 
-use anyhow::Context as _;
 use protocol::manifest::{self, Manifest};
 use protocol::subjects;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub(crate) const CONF_PATH: &str = "deploy/nats/accounts.conf";
 pub(crate) const HELM_PATH: &str = "deploy/k8s/nats-values.yaml";
@@ -195,35 +194,11 @@ pub(crate) fn render_helm(users: &[User]) -> String {
 
 pub(crate) fn run(args: AccountsArgs) -> anyhow::Result<()> {
     let users = users();
-    let mut stale = Vec::new();
-    for (path, text) in [
-        (CONF_PATH, render_conf(&users)),
-        (HELM_PATH, render_helm(&users)),
-    ] {
-        let path = args.root.join(path);
-        if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
-            continue;
-        }
-        if args.check {
-            stale.push(path.display().to_string());
-        } else {
-            write(&path, &text)?;
-            crate::say(format_args!("wrote {}", path.display()));
-        }
-    }
-    anyhow::ensure!(
-        stale.is_empty(),
-        "stale: {}; run `just accounts`",
-        stale.join(", ")
-    );
-    Ok(())
-}
-
-fn write(path: &Path, text: &str) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    let files = vec![
+        (args.root.join(CONF_PATH), render_conf(&users)),
+        (args.root.join(HELM_PATH), render_helm(&users)),
+    ];
+    crate::generated::write_or_check(files, args.check, "just accounts")
 }
 
 #[cfg(test)]
@@ -231,7 +206,7 @@ mod tests {
     use super::*;
 
     fn committed(path: &str) -> String {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         std::fs::read_to_string(root.join(path)).unwrap_or_default()
     }
 

@@ -52,22 +52,6 @@ fn render(args: &CodegenArgs) -> anyhow::Result<Vec<(PathBuf, String)>> {
 }
 
 pub(crate) fn run(args: CodegenArgs) -> anyhow::Result<()> {
-    let mut stale = Vec::new();
-    for (path, text) in render(&args)? {
-        if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
-            continue;
-        }
-        if args.check {
-            stale.push(path.display().to_string());
-        } else {
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            crate::say(format_args!("wrote {}", path.display()));
-        }
-    }
-    anyhow::ensure!(
-        stale.is_empty(),
-        "stale: {}; run `just codegen`",
-        stale.join(", ")
-    );
-    Ok(())
+    let files = render(&args)?;
+    crate::generated::write_or_check(files, args.check, "just codegen")
 }

@@ -4,6 +4,7 @@ mod accounts;
 mod bench;
 mod codegen;
 mod email;
+mod generated;
 mod logs;
 mod math;
 mod pay;

@@ -57,6 +57,44 @@ async fn work_queue(js: &jetstream::Context, name: &str) -> consumer::PullConsum
         .unwrap()
 }
 
+/// `work_queue(name)` holding `n` messages `body`.
+async fn filled_queue(
+    js: &jetstream::Context,
+    name: &str,
+    n: usize,
+    body: &'static str,
+) -> consumer::PullConsumer {
+    let consumer = work_queue(js, name).await;
+    for _ in 0..n {
+        publish(js, &format!("{name}.job"), body).await;
+    }
+    consumer
+}
+
+/// A connected app with `grace_ms` of shutdown grace, and its shutdown token.
+async fn connect(cluster: &Cluster, name: &str, grace_ms: u64) -> (App, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let app = App::connect(name, settings(cluster, grace_ms), shutdown.clone())
+        .await
+        .unwrap();
+    (app, shutdown)
+}
+
+/// Waits until `n` handlers have started.
+async fn started(counter: &AtomicUsize, n: usize) {
+    eventually(
+        &format!("{n} handlers running"),
+        Duration::from_secs(10),
+        || async {
+            match counter.load(Ordering::SeqCst) {
+                m if m == n => Ok(()),
+                m => Err(format!("{m} started")),
+            }
+        },
+    )
+    .await;
+}
+
 async fn publish(js: &jetstream::Context, subject: &str, body: &'static str) {
     js.publish(subject.to_owned(), body.into())
         .await
@@ -87,18 +125,12 @@ async fn take(consumer: &consumer::PullConsumer, wait: Duration) -> BTreeSet<u64
 async fn stop_gives_unfinished_and_unstarted_messages_back_at_once() {
     let cluster = testkit::shared().await;
     let js = jetstream::new(cluster.client().await.unwrap());
-    let consumer = work_queue(&js, "LC_GIVE_BACK").await;
-    for _ in 0..10 {
-        publish(&js, "LC_GIVE_BACK.job", "stuck").await;
-    }
-    let started = Arc::new(AtomicUsize::new(0));
-    let shutdown = CancellationToken::new();
-    let app = App::connect("lc-give-back", settings(cluster, 300), shutdown.clone())
-        .await
-        .unwrap();
+    let consumer = filled_queue(&js, "LC_GIVE_BACK", 10, "stuck").await;
+    let count = Arc::new(AtomicUsize::new(0));
+    let (app, shutdown) = connect(cluster, "lc-give-back", 300).await;
     let serving = tokio::spawn(
         app.service("0.0.0", "handlers that never finish")
-            .with_state(started.clone())
+            .with_state(count.clone())
             .pull_worker(
                 "stuck",
                 consumer.clone(),
@@ -110,13 +142,7 @@ async fn stop_gives_unfinished_and_unstarted_messages_back_at_once() {
             )
             .serve(),
     );
-    eventually("four handlers running", Duration::from_secs(10), || async {
-        match started.load(Ordering::SeqCst) {
-            4 => Ok(()),
-            n => Err(format!("{n} started")),
-        }
-    })
-    .await;
+    started(&count, 4).await;
 
     let stopping = Instant::now();
     shutdown.cancel();
@@ -126,7 +152,7 @@ async fn stop_gives_unfinished_and_unstarted_messages_back_at_once() {
         stopped_in < Duration::from_secs(5),
         "stop took {stopped_in:?} with a 300 ms grace period"
     );
-    assert_eq!(started.load(Ordering::SeqCst), 4, "only four were started");
+    assert_eq!(count.load(Ordering::SeqCst), 4, "only four were started");
 
     // All ten come again at once (the ack wait is a minute): the four that
     // were running, those the pull stream had buffered (it asks for more
@@ -151,18 +177,12 @@ async fn stop_gives_unfinished_and_unstarted_messages_back_at_once() {
 async fn in_flight_messages_finish_within_the_grace_period() {
     let cluster = testkit::shared().await;
     let js = jetstream::new(cluster.client().await.unwrap());
-    let consumer = work_queue(&js, "LC_FINISH").await;
-    for _ in 0..3 {
-        publish(&js, "LC_FINISH.job", "slow").await;
-    }
-    let started = Arc::new(AtomicUsize::new(0));
-    let shutdown = CancellationToken::new();
-    let app = App::connect("lc-finish", settings(cluster, 10_000), shutdown.clone())
-        .await
-        .unwrap();
+    let consumer = filled_queue(&js, "LC_FINISH", 3, "slow").await;
+    let count = Arc::new(AtomicUsize::new(0));
+    let (app, shutdown) = connect(cluster, "lc-finish", 10_000).await;
     let serving = tokio::spawn(
         app.service("0.0.0", "slow handlers that finish")
-            .with_state(started.clone())
+            .with_state(count.clone())
             .pull_worker("slow", consumer.clone(), 3, |started, message| async move {
                 started.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(800)).await;
@@ -170,17 +190,7 @@ async fn in_flight_messages_finish_within_the_grace_period() {
             })
             .serve(),
     );
-    eventually(
-        "three handlers running",
-        Duration::from_secs(10),
-        || async {
-            match started.load(Ordering::SeqCst) {
-                3 => Ok(()),
-                n => Err(format!("{n} started")),
-            }
-        },
-    )
-    .await;
+    started(&count, 3).await;
     shutdown.cancel();
     serving.await.unwrap().unwrap();
     // serve() returned after the acks: nothing is pending or left.
@@ -205,10 +215,7 @@ async fn a_panicking_handler_gives_its_message_back_and_the_worker_goes_on() {
     let consumer = work_queue(&js, "LC_PANIC").await;
     publish(&js, "LC_PANIC.job", "boom").await;
     publish(&js, "LC_PANIC.job", "fine").await;
-    let shutdown = CancellationToken::new();
-    let app = App::connect("lc-panic", settings(cluster, 1_000), shutdown.clone())
-        .await
-        .unwrap();
+    let (app, shutdown) = connect(cluster, "lc-panic", 1_000).await;
     let serving = tokio::spawn(
         app.service("0.0.0", "a handler that panics once")
             .pull_worker("panicky", consumer, 1, |(), message| async move {
@@ -249,9 +256,7 @@ async fn a_failing_or_panicking_task_stops_the_service_with_an_error() {
     let cluster = testkit::shared().await;
     let client = cluster.client().await.unwrap();
     for (name, panics) in [("lc-fails", false), ("lc-panics", true)] {
-        let app = App::connect(name, settings(cluster, 1_000), CancellationToken::new())
-            .await
-            .unwrap();
+        let (app, _shutdown) = connect(cluster, name, 1_000).await;
         let subject = format!("lc.{name}.ping");
         let serving = tokio::spawn(
             app.service("0.0.0", "a task that gives up")

@@ -4,13 +4,16 @@
 //! `$SRV.PING`; and one poller, [`eventually`].
 
 use crate::Cluster;
+use futures::FutureExt as _;
 use protocol::micro::{PingResponse, Verb};
 use runtime::settings::Value;
 use runtime::{CancellationToken, Settings};
 use std::fmt::Display;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -69,6 +72,34 @@ async fn tagged(client: &async_nats::Client, tag: &str) -> Option<PingResponse> 
         .find(|p| p.metadata.get(TAG_KEY).map(String::as_str) == Some(tag))
 }
 
+/// Waits until the instance tagged `tag` answers `$SRV.PING`; panics after
+/// [`START_TIMEOUT`] or as soon as `gone` says why it never will.
+#[allow(clippy::panic, reason = "a test harness fails the test by panicking")]
+async fn wait_tagged(
+    cluster: &Cluster,
+    tag: &str,
+    what: &str,
+    mut gone: impl FnMut() -> Option<String>,
+) -> PingResponse {
+    let client = cluster
+        .client()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the test cluster: {e:#}"));
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(ping) = tagged(&client, tag).await {
+            return ping;
+        }
+        if let Some(why) = gone() {
+            panic!("{what} did not start: {why}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not answer $SRV.PING within {START_TIMEOUT:?}"
+        );
+    }
+}
+
 /// A service running in this test process (see [`spawn_service`]).
 #[derive(Debug)]
 pub struct TestService {
@@ -102,28 +133,31 @@ where
     all.extend(overrides.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
     let settings = Settings::load_with(all).unwrap_or_else(|e| panic!("test settings: {e:#}"));
     let shutdown = CancellationToken::new();
-    let mut task = tokio::spawn(run(settings, shutdown.clone()));
-    let client = cluster
-        .client()
-        .await
-        .unwrap_or_else(|e| panic!("connecting to the test cluster: {e:#}"));
-    let deadline = Instant::now() + START_TIMEOUT;
-    let ping = loop {
-        if let Some(ping) = tagged(&client, &tag).await {
-            break ping;
-        }
-        if task.is_finished() {
-            match (&mut task).await {
-                Ok(Ok(())) => panic!("the service stopped before it answered $SRV.PING"),
-                Ok(Err(err)) => panic!("the service failed to start: {err:#}"),
-                Err(err) => panic!("the service panicked at start: {err}"),
+    // How it ended, if it ended before answering: for the failure message.
+    let ended = Arc::new(Mutex::new(None::<String>));
+    let service = run(settings, shutdown.clone());
+    let task = tokio::spawn({
+        let ended = ended.clone();
+        async move {
+            let result = AssertUnwindSafe(service).catch_unwind().await;
+            let why = match &result {
+                Ok(Ok(())) => "it stopped".to_owned(),
+                Ok(Err(err)) => format!("it failed: {err:#}"),
+                Err(panic) => format!(
+                    "it panicked: {}",
+                    runtime::worker::panic_message(panic.as_ref())
+                ),
+            };
+            if let Ok(mut ended) = ended.lock() {
+                *ended = Some(why);
             }
+            result.unwrap_or_else(|_| Err(anyhow::anyhow!("the service panicked")))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the service did not answer $SRV.PING within {START_TIMEOUT:?}"
-        );
-    };
+    });
+    let ping = wait_tagged(cluster, &tag, "the service", || {
+        ended.lock().ok().and_then(|e| e.clone())
+    })
+    .await;
     TestService {
         ping,
         shutdown,
@@ -199,28 +233,11 @@ pub async fn spawn_process(
         crate::spawn_tied(command).unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
     // Killed on drop, also when a check below panics.
     let mut starting = KillOnDrop(Some(child));
-    let client = cluster
-        .client()
-        .await
-        .unwrap_or_else(|e| panic!("connecting to the test cluster: {e:#}"));
-    let deadline = Instant::now() + START_TIMEOUT;
-    let ping = loop {
-        if let Some(ping) = tagged(&client, &tag).await {
-            break ping;
-        }
-        if let Some(status) = starting
-            .0
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-        {
-            panic!("{} exited at start: {status}", binary.display());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} did not answer $SRV.PING within {START_TIMEOUT:?}",
-            binary.display()
-        );
-    };
+    let ping = wait_tagged(cluster, &tag, &binary.display().to_string(), || {
+        let status = starting.0.as_mut()?.try_wait().ok()??;
+        Some(format!("it exited at start: {status}"))
+    })
+    .await;
     TestProcess {
         ping,
         child: starting.0.take(),
