@@ -296,3 +296,52 @@ async fn a_failing_or_panicking_task_stops_the_service_with_an_error() {
         );
     }
 }
+
+/// The service of `docs/WRITE_A_SERVICE.md`, compiled and run as written.
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "its main() is for `cargo run --example`"
+)]
+#[path = "../examples/hello.rs"]
+mod hello;
+
+#[tokio::test]
+async fn the_documented_skeleton_runs_as_written() {
+    let cluster = testkit::shared().await;
+    let service = testkit::spawn_service(hello::run, cluster, &[]).await;
+    assert_eq!(service.name(), "hello");
+    let client = cluster.client().await.unwrap();
+    let greeting: serde_json::Value = runtime::client::call(
+        &client,
+        "services.hello.greet",
+        &serde_json::json!({"name": " Ada "}),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(greeting["message"], "Hello, Ada!");
+    let err = runtime::client::call::<_, serde_json::Value>(
+        &client,
+        "services.hello.greet",
+        &serde_json::json!({"name": ""}),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(protocol::ErrorCode::InvalidRequest),
+        "{err}"
+    );
+    service.stop().await;
+
+    // The page shows this file as it is.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let page = std::fs::read_to_string(root.join("../../docs/WRITE_A_SERVICE.md")).unwrap();
+    let example = std::fs::read_to_string(root.join("examples/hello.rs")).unwrap();
+    assert!(
+        page.contains(&example),
+        "docs/WRITE_A_SERVICE.md no longer shows crates/runtime/examples/hello.rs as it is"
+    );
+}
