@@ -9,8 +9,11 @@
 //!   is spawned with `PR_SET_PDEATHSIG` from a thread that lives as long as
 //!   the process, so it dies with us even on abort or SIGKILL.
 //! - [`shared`] is one cluster per test binary for tests that do not break it.
+//! - [`js::r3_kv`] / [`js::r3_stream`] make an R3 bucket or stream and return
+//!   once it is usable from the caller's connection (no retry needed after).
 
 mod cluster;
+pub mod js;
 mod process;
 
 pub use cluster::{Cluster, ClusterOptions, nats_server_bin, node_urls};
