@@ -1,50 +1,82 @@
 //! JetStream helpers every service uses the same way: create-or-update
-//! streams and buckets at start-up, retry infrastructure calls through a
-//! leader election, and publish durably with a `Nats-Msg-Id`.
+//! streams and buckets at start-up (returning only once they are usable from
+//! this connection), retry infrastructure calls through a leader election,
+//! and publish durably with a `Nats-Msg-Id`.
 
 use anyhow::Context as _;
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, context::PublishAckFuture, kv, stream};
+use async_nats::jetstream::{
+    self,
+    context::{PublishAckFuture, PublishErrorKind},
+    kv, stream,
+};
 use bytes::Bytes;
 use protocol::names::headers;
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// How long [`ensure_stream`] and [`ensure_kv`] wait, after the stream
+/// exists, for it to be usable from this connection (see [`wait_usable`]).
+pub const USABLE_BUDGET: Duration = Duration::from_secs(30);
+
 /// Creates the stream, or updates it to `config` when `update` is set and
 /// it exists (an update the server refuses is logged and the existing
-/// stream kept). Safe to call from many instances at once.
+/// stream kept). Safe to call from many instances at once. Returns once the
+/// stream is usable from this connection ([`wait_usable`]), so the first
+/// publish after it is answered by the stream.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     config: stream::Config,
     update: bool,
 ) -> anyhow::Result<stream::Stream> {
     let name = config.name.clone();
-    retry(&format!("ensuring stream {name}"), Duration::from_secs(30), || {
+    let (stream, effective) = retry(&format!("ensuring stream {name}"), Duration::from_secs(30), || {
         let config = config.clone();
         let name = name.clone();
         async move {
             match js.get_stream(&name).await {
                 Ok(existing) => {
-                    if update && let Err(err) = js.update_stream(config).await {
-                        tracing::warn!(stream = %name, error = %err, "keeping the existing stream config");
+                    let mut effective = existing.cached_info().config.clone();
+                    if update {
+                        match js.update_stream(config).await {
+                            Ok(updated) => effective = updated.config,
+                            Err(err) => {
+                                tracing::warn!(stream = %name, error = %err, "keeping the existing stream config");
+                            }
+                        }
                     }
-                    Ok(existing)
+                    Ok((existing, effective))
                 }
                 Err(lookup_err) => match js.create_stream(config).await {
                     Ok(created) => {
-                        tracing::info!(stream = %name, "stream ready (created)");
-                        Ok(created)
+                        tracing::info!(stream = %name, "stream created");
+                        let effective = created.cached_info().config.clone();
+                        Ok((created, effective))
                     }
                     // Created by another instance in between, or really unreachable.
-                    Err(create_err) => js.get_stream(&name).await.map_err(|_| {
-                        anyhow::anyhow!("stream {name}: lookup failed ({lookup_err}), create failed ({create_err})")
-                    }),
+                    Err(create_err) => match js.get_stream(&name).await {
+                        Ok(existing) => {
+                            let effective = existing.cached_info().config.clone();
+                            Ok((existing, effective))
+                        }
+                        Err(_) => Err(anyhow::anyhow!(
+                            "stream {name}: lookup failed ({lookup_err}), create failed ({create_err})"
+                        )),
+                    },
                 },
             }
         }
     })
-    .await
+    .await?;
+    wait_usable(
+        js,
+        &name,
+        probe_subject(&effective).as_deref(),
+        USABLE_BUDGET,
+    )
+    .await?;
+    Ok(stream)
 }
 
 /// `EVENTS`: everything on `events.>`, kept a week. Every publisher of
@@ -62,10 +94,12 @@ pub fn events_stream_config(replicas: usize, duplicate_window: Duration) -> stre
     }
 }
 
-/// Opens a KV bucket, creating it with `config` when missing.
+/// Opens a KV bucket, creating it with `config` when missing. Returns once
+/// the bucket is usable from this connection ([`wait_usable`]), so the first
+/// put after it is answered by the bucket's stream.
 pub async fn ensure_kv(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
     let bucket = config.bucket.clone();
-    retry(
+    let store = retry(
         &format!("ensuring KV bucket {bucket}"),
         Duration::from_secs(30),
         || {
@@ -88,7 +122,167 @@ pub async fn ensure_kv(js: &jetstream::Context, config: kv::Config) -> anyhow::R
             }
         },
     )
-    .await
+    .await?;
+    wait_usable(
+        js,
+        &store.stream_name,
+        kv_probe_subject(&store).as_deref(),
+        USABLE_BUDGET,
+    )
+    .await?;
+    Ok(store)
+}
+
+/// The `Nats-Expected-Last-Sequence` a probe sends. No stream reaches it, so
+/// the stream refuses the probe (10071) instead of storing it. Not 0: that
+/// is what an empty stream's last sequence is, and the probe would be stored.
+/// `i64::MAX` because the server parses the header as an `int64`.
+const IMPOSSIBLE_LAST_SEQUENCE: u64 = i64::MAX as u64;
+
+/// The token a probe uses for wildcards in a stream's subject, and the key
+/// it uses in a KV bucket.
+const PROBE_TOKEN: &str = "_switchyard_usable_probe";
+
+/// A subject the stream captures, for [`wait_usable`]'s probe: the first of
+/// its subjects with every wildcard token replaced. `None` when there is
+/// nothing to publish to (a mirror, or sources only) or the stream never
+/// answers a publish (`no_ack`).
+pub fn probe_subject(config: &stream::Config) -> Option<String> {
+    if config.no_ack {
+        return None;
+    }
+    let subject = config.subjects.first()?;
+    Some(
+        subject
+            .split('.')
+            .map(|token| match token {
+                "*" | ">" => PROBE_TOKEN,
+                literal => literal,
+            })
+            .collect::<Vec<_>>()
+            .join("."),
+    )
+}
+
+/// `$KV.<bucket>.<probe key>` for [`wait_usable`]; `None` for a bucket whose
+/// puts go elsewhere (a mirror, or through another JetStream domain).
+pub fn kv_probe_subject(store: &kv::Store) -> Option<String> {
+    if store.put_prefix.is_some() || store.use_jetstream_prefix {
+        return None;
+    }
+    Some(format!("{}{PROBE_TOKEN}", store.prefix))
+}
+
+/// Waits until stream `stream` is usable from `js`'s connection, or fails
+/// with what it last saw once `budget` is spent:
+///
+/// 1. its info names a leader (on a cluster; a lone server has no cluster
+///    info), and
+/// 2. a publish to `probe_subject` is answered by the stream itself. A
+///    publish that nobody answers ("no responders", which async-nats reports
+///    as `StreamNotFound`) means no leader yet or the leader's interest has
+///    not reached this connection's server over the routes.
+///
+/// The probe carries `Nats-Expected-Last-Sequence` = [`i64::MAX`] and
+/// `Nats-Expected-Stream` = `stream`, so the stream refuses it with "wrong
+/// last sequence" (10071) and stores nothing: no consumer, not even a work
+/// queue's, ever sees it. `probe_subject` `None` waits for the leader only.
+pub async fn wait_usable(
+    js: &jetstream::Context,
+    stream: &str,
+    probe_subject: Option<&str>,
+    budget: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + budget;
+    let mut delay = Duration::from_millis(20);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let outcome = match tokio::time::timeout(
+            left.min(Duration::from_secs(2)),
+            usable_once(js, stream, probe_subject),
+        )
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => Probe::NotYet("no answer within 2 s".to_owned()),
+        };
+        match outcome {
+            Probe::Usable => {
+                if attempts > 1 {
+                    tracing::debug!(stream, attempts, "stream usable after waiting");
+                }
+                return Ok(());
+            }
+            Probe::Fatal(why) => anyhow::bail!("stream {stream} is not usable: {why}"),
+            Probe::NotYet(why) if Instant::now() + delay >= deadline => anyhow::bail!(
+                "stream {stream} not usable from this connection after {budget:?} ({attempts} attempts): {why}"
+            ),
+            Probe::NotYet(why) => {
+                tracing::debug!(stream, attempts, why, "stream not usable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+/// The JetStream error code in a publish error the server answered with.
+fn server_error_code(err: &jetstream::context::PublishError) -> Option<jetstream::ErrorCode> {
+    std::error::Error::source(err)?
+        .downcast_ref::<jetstream::Error>()
+        .map(jetstream::Error::error_code)
+}
+
+enum Probe {
+    Usable,
+    NotYet(String),
+    Fatal(String),
+}
+
+async fn usable_once(js: &jetstream::Context, stream: &str, probe_subject: Option<&str>) -> Probe {
+    let handle = match js.get_stream(stream).await {
+        Ok(handle) => handle,
+        Err(err) => return Probe::NotYet(format!("stream info: {err}")),
+    };
+    if let Some(cluster) = &handle.cached_info().cluster
+        && cluster.leader.is_none()
+    {
+        return Probe::NotYet("stream info names no leader".to_owned());
+    }
+    let Some(subject) = probe_subject else {
+        return Probe::Usable;
+    };
+    let mut probe = HeaderMap::new();
+    probe.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+        IMPOSSIBLE_LAST_SEQUENCE.to_string().as_str(),
+    );
+    probe.insert(async_nats::header::NATS_EXPECTED_STREAM, stream);
+    let answer = match js
+        .publish_with_headers(subject.to_owned(), probe, Bytes::new())
+        .await
+    {
+        Ok(ack) => ack.await,
+        Err(err) => Err(err),
+    };
+    match answer {
+        Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => Probe::Usable,
+        // Would mean the server ignored the header; take the message back
+        // before any consumer gets it, and say so.
+        Ok(ack) => {
+            let removed = handle.delete_message(ack.sequence).await;
+            Probe::Fatal(format!(
+                "the probe on {subject} was stored as {} seq {} (removed: {removed:?})",
+                ack.stream, ack.sequence
+            ))
+        }
+        Err(err) if server_error_code(&err) == Some(jetstream::ErrorCode::STREAM_NOT_MATCH) => {
+            Probe::Fatal(format!("{subject} belongs to another stream: {err}"))
+        }
+        Err(err) => Probe::NotYet(format!("probe publish on {subject}: {err}")),
+    }
 }
 
 /// Runs `op` until it succeeds or `budget` is spent, backing off from 50 ms
@@ -147,4 +341,34 @@ pub async fn publish_durable(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_subject_is_a_literal_the_stream_captures() {
+        let config = |subjects: &[&str]| stream::Config {
+            subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            probe_subject(&config(&["email.outbox", "email.scheduled.>"])).as_deref(),
+            Some("email.outbox")
+        );
+        assert_eq!(
+            probe_subject(&config(&["$KV.b.>"])).as_deref(),
+            Some("$KV.b._switchyard_usable_probe")
+        );
+        assert_eq!(
+            probe_subject(&config(&["logs.*.x"])).as_deref(),
+            Some("logs._switchyard_usable_probe.x")
+        );
+        // A mirror has no subjects; a no_ack stream never answers.
+        assert_eq!(probe_subject(&config(&[])), None);
+        let mut silent = config(&["a"]);
+        silent.no_ack = true;
+        assert_eq!(probe_subject(&silent), None);
+    }
 }

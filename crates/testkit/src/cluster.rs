@@ -1,8 +1,10 @@
 use anyhow::{Context as _, bail};
+use async_nats::jetstream::{self, context::GetStreamErrorKind};
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -274,12 +276,14 @@ impl Cluster {
     }
 
     /// Starts node `i` again with the same ports and store, and waits until
-    /// it serves JetStream requests.
+    /// it serves JetStream requests and is meshed with the running nodes
+    /// again (as [`Cluster::wait_ready`] checks).
     pub async fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill_node(i);
         self.spawn(i)?;
         let deadline = Instant::now() + self.ready_timeout;
-        self.wait_node(i, deadline).await
+        self.wait_node(i, deadline).await?;
+        self.wait_meshed(deadline).await
     }
 
     /// Stops every node: SIGTERM, then SIGKILL after `grace`.
@@ -301,8 +305,10 @@ impl Cluster {
         }
     }
 
-    /// Waits until every running node answers JetStream and an R3 stream can
-    /// be placed (so a meta leader exists and all peers are known).
+    /// Waits until every running node answers JetStream, and a stream with
+    /// as many replicas as running nodes (at most 3) can be placed and is
+    /// answering publishes from a connection to each running node: a meta
+    /// leader, every peer known, and interest crossing every route.
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + self.ready_timeout;
         for i in 0..self.len() {
@@ -310,35 +316,69 @@ impl Cluster {
                 self.wait_node(i, deadline).await?;
             }
         }
-        let client = self.client().await?;
-        let js = async_nats::jetstream::new(client);
-        let replicas = self.len().min(3);
-        let probe = format!("TESTKIT_PROBE_{}", std::process::id());
-        loop {
-            let created = js
-                .create_stream(async_nats::jetstream::stream::Config {
-                    name: probe.clone(),
-                    subjects: vec![format!("testkit.probe.{}", std::process::id())],
-                    num_replicas: replicas,
-                    storage: async_nats::jetstream::stream::StorageType::Memory,
-                    ..Default::default()
-                })
-                .await;
-            match created {
-                Ok(_) => {
-                    let _ = js.delete_stream(&probe).await;
-                    return Ok(());
-                }
-                Err(err) if Instant::now() >= deadline => {
-                    bail!(
-                        "cluster not ready after {:?}: {err}\n{}",
-                        self.ready_timeout,
-                        self.log_tails()
-                    )
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
+        self.wait_meshed(deadline).await
+    }
+
+    /// The cluster half of [`Cluster::wait_ready`]: places a probe stream,
+    /// waits until it is usable from every running node, deletes it.
+    async fn wait_meshed(&self, deadline: Instant) -> anyhow::Result<()> {
+        static PROBES: AtomicUsize = AtomicUsize::new(0);
+        let running: Vec<usize> = (0..self.len())
+            .filter(|&i| self.nodes[i].child.is_some())
+            .collect();
+        let Some(&first) = running.first() else {
+            return Ok(());
+        };
+        let n = PROBES.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let name = format!("TESTKIT_PROBE_{pid}_{n}");
+        let subject = format!("testkit.probe.{pid}.{n}");
+        let config = jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            num_replicas: running.len().min(3),
+            storage: jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        };
+        let not_ready = |err: &dyn std::fmt::Display| {
+            anyhow::anyhow!(
+                "cluster not ready after {:?}: {err}\n{}",
+                self.ready_timeout,
+                self.log_tails()
+            )
+        };
+        let js = jetstream::new(self.client_to(first).await?);
+        let left = || deadline.saturating_duration_since(Instant::now());
+        // Fails until there is a meta leader that knows enough peers.
+        runtime::js::retry("placing the readiness probe stream", left(), || {
+            js.create_stream(config.clone())
+        })
+        .await
+        .map_err(|err| not_ready(&err))?;
+        for &i in &running {
+            let js = jetstream::new(self.client_to(i).await?);
+            runtime::js::wait_usable(&js, &name, Some(&subject), left())
+                .await
+                .map_err(|err| not_ready(&format!("from node {i}: {err:#}")))?;
         }
+        // A probe left behind would show up in tests that list streams.
+        runtime::js::retry("deleting the readiness probe stream", left(), || async {
+            match js.delete_stream(&name).await {
+                Ok(_) => Ok(()),
+                // A delete whose answer was lost already took it.
+                Err(err) => match js.get_stream(&name).await {
+                    Err(lookup)
+                        if matches!(lookup.kind(), GetStreamErrorKind::JetStream(e)
+                            if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+                    {
+                        Ok(())
+                    }
+                    _ => Err(err),
+                },
+            }
+        })
+        .await
+        .map_err(|err| not_ready(&err))
     }
 
     async fn wait_node(&mut self, i: usize, deadline: Instant) -> anyhow::Result<()> {

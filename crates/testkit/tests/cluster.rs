@@ -42,31 +42,25 @@ async fn drop_and_panic_both_stop_every_node() {
 async fn a_killed_node_restarts_with_its_data() {
     let mut cluster = Cluster::start(3).await.unwrap();
     let js = async_nats::jetstream::new(cluster.client_to(0).await.unwrap());
-    let kv = js
-        .create_key_value(async_nats::jetstream::kv::Config {
-            bucket: "harness".into(),
-            num_replicas: 3,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    // Usable from this connection when it returns: the first put needs no retry.
+    let kv = testkit::js::r3_kv(&js, "harness").await.unwrap();
     kv.put("k", "v1".into()).await.unwrap();
 
     cluster.kill_node(2);
     assert_eq!(cluster.pids().len(), 2);
     // Quorum holds with one node down. If node 2 led the bucket's stream, a
-    // new leader is elected first (seconds); until then a put has no responder.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match kv.put("k", "v2".into()).await {
-            Ok(_) => break,
-            Err(e) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "no quorum write with 2 of 3 nodes up: {e}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // new leader is elected first (seconds); until then a put has no
+    // responder. Wait for the bucket to answer, then put once.
+    let probe = runtime::js::kv_probe_subject(&kv);
+    runtime::js::wait_usable(
+        &js,
+        &kv.stream_name,
+        probe.as_deref(),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    kv.put("k", "v2".into()).await.unwrap();
     cluster.restart_node(2).await.unwrap();
     assert_eq!(cluster.pids().len(), 3);
 
