@@ -187,6 +187,10 @@ pub fn kv_probe_subject(store: &kv::Store) -> Option<String> {
 /// `Nats-Expected-Stream` = `stream`, so the stream refuses it with "wrong
 /// last sequence" (10071) and stores nothing: no consumer, not even a work
 /// queue's, ever sees it. `probe_subject` `None` waits for the leader only.
+///
+/// A probe the server drops without any answer (a publish this user is not
+/// permitted to make looks like that) is logged and taken as usable once the
+/// leader is known, so services with narrow publish permissions still start.
 pub async fn wait_usable(
     js: &jetstream::Context,
     stream: &str,
@@ -200,19 +204,28 @@ pub async fn wait_usable(
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
         let outcome = match tokio::time::timeout(
-            left.min(Duration::from_secs(2)),
+            left.min(PROBE_ANSWER_WAIT + Duration::from_secs(2)),
             usable_once(js, stream, probe_subject),
         )
         .await
         {
             Ok(outcome) => outcome,
-            Err(_) => Probe::NotYet("no answer within 2 s".to_owned()),
+            Err(_) => Probe::NotYet("no stream info or probe answer in time".to_owned()),
         };
         match outcome {
             Probe::Usable => {
                 if attempts > 1 {
                     tracing::debug!(stream, attempts, "stream usable after waiting");
                 }
+                return Ok(());
+            }
+            Probe::Silent => {
+                tracing::warn!(
+                    stream,
+                    subject = probe_subject,
+                    "the stream has a leader but its probe got no answer (not permitted to \
+                     publish there?); going on without proof the stream answers this connection"
+                );
                 return Ok(());
             }
             Probe::Fatal(why) => anyhow::bail!("stream {stream} is not usable: {why}"),
@@ -235,8 +248,16 @@ fn server_error_code(err: &jetstream::context::PublishError) -> Option<jetstream
         .map(jetstream::Error::error_code)
 }
 
+/// How long a probe waits for an answer once published.
+const PROBE_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
 enum Probe {
     Usable,
+    /// The leader is known but the probe got no answer at all (not even "no
+    /// responders"): the server dropped it, which is what a publish this
+    /// user is not permitted to make looks like (deploy/nats/accounts.conf
+    /// lets services publish only on their own subjects).
+    Silent,
     NotYet(String),
     Fatal(String),
 }
@@ -264,7 +285,10 @@ async fn usable_once(js: &jetstream::Context, stream: &str, probe_subject: Optio
         .publish_with_headers(subject.to_owned(), probe, Bytes::new())
         .await
     {
-        Ok(ack) => ack.await,
+        Ok(ack) => match tokio::time::timeout(PROBE_ANSWER_WAIT, ack).await {
+            Ok(answer) => answer,
+            Err(_) => return Probe::Silent,
+        },
         Err(err) => Err(err),
     };
     match answer {
@@ -281,6 +305,7 @@ async fn usable_once(js: &jetstream::Context, stream: &str, probe_subject: Optio
         Err(err) if server_error_code(&err) == Some(jetstream::ErrorCode::STREAM_NOT_MATCH) => {
             Probe::Fatal(format!("{subject} belongs to another stream: {err}"))
         }
+        Err(err) if err.kind() == PublishErrorKind::TimedOut => Probe::Silent,
         Err(err) => Probe::NotYet(format!("probe publish on {subject}: {err}")),
     }
 }

@@ -232,3 +232,61 @@ async fn waiting_on_a_stream_that_is_not_there_says_so() {
     );
     assert_eq!(state(&nodes[0], "USABLE_OWNER").await, (0, 0));
 }
+
+#[tokio::test]
+async fn a_user_not_permitted_to_publish_on_the_stream_still_gets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.path().join("n.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n\
+             authorization {{ users: [ {{ user: \"reader\", password: \"pw\", permissions: {{ \
+             publish: {{ allow: [\"$JS.API.>\"] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }} }} ] }}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(testkit::nats_server_bin().unwrap());
+    command
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = testkit::spawn_tied(command).unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut client = Err(String::new());
+    for _ in 0..100 {
+        client = async_nats::ConnectOptions::with_user_and_password("reader".into(), "pw".into())
+            .connect(&url)
+            .await
+            .map_err(|e| e.to_string());
+        if client.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let js = jetstream::new(client.unwrap());
+    let started = tokio::time::Instant::now();
+    let result = ensure_kv(
+        &js,
+        kv::Config {
+            bucket: "readonly".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
