@@ -55,6 +55,7 @@ fn stream_access(stream: &str) -> Vec<String> {
     ]
     .iter()
     .map(|p| p.replace("{s}", stream))
+    .chain([protocol::subjects::stream_probe(stream)])
     .collect()
 }
 

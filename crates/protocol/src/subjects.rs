@@ -111,6 +111,19 @@ pub fn registry_lookup(name: &str) -> Result<String, SubjectError> {
 // --- core NATS and JetStream ------------------------------------------------------
 /// Every reply inbox (async-nats's and nats.py's default prefix).
 pub const INBOX_ALL: &str = "_INBOX.>";
+
+/// Prefix of the readiness probe subject every Switchyard stream also
+/// captures (see [`stream_probe`]).
+pub const STREAM_PROBE_PREFIX: &str = "_switchyard.probe";
+
+/// `_switchyard.probe.<STREAM>`: a subject stream `<STREAM>` captures only so
+/// that a client can check the stream answers publishes from its connection
+/// (`runtime::js::wait_usable`). Probes on it are refused by the stream and
+/// never stored, and no wildcard a client uses for the stream's own subjects
+/// (`stocks.>`, `events.>`, ...) sees them.
+pub fn stream_probe(stream: &str) -> String {
+    format!("{STREAM_PROBE_PREFIX}.{stream}")
+}
 /// Prefix of `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`.
 pub const ADVISORY_MAX_DELIVERIES_PREFIX: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES";
 

@@ -31,6 +31,7 @@ pub async fn ensure_stream(
     update: bool,
 ) -> anyhow::Result<stream::Stream> {
     let name = config.name.clone();
+    let config = with_probe(config);
     let (stream, effective) = retry(&format!("ensuring stream {name}"), Duration::from_secs(30), || {
         let config = config.clone();
         let name = name.clone();
@@ -139,29 +140,26 @@ pub async fn ensure_kv(js: &jetstream::Context, config: kv::Config) -> anyhow::R
 /// `i64::MAX` because the server parses the header as an `int64`.
 const IMPOSSIBLE_LAST_SEQUENCE: u64 = i64::MAX as u64;
 
-/// The token a probe uses for wildcards in a stream's subject, and the key
-/// it uses in a KV bucket.
-const PROBE_TOKEN: &str = "_switchyard_usable_probe";
+/// The key a readiness probe uses in a KV bucket (never stored).
+const KV_PROBE_KEY: &str = "_switchyard_usable_probe";
 
-/// A subject the stream captures, for [`wait_usable`]'s probe: the first of
-/// its subjects with every wildcard token replaced. `None` when there is
-/// nothing to publish to (a mirror, or sources only) or the stream never
-/// answers a publish (`no_ack`).
+/// The stream's readiness probe subject
+/// ([`protocol::subjects::stream_probe`]), if it captures it and answers
+/// publishes (not `no_ack`). [`ensure_stream`] adds it to every stream it
+/// creates or updates; a stream made elsewhere is waited on for its leader only.
 pub fn probe_subject(config: &stream::Config) -> Option<String> {
-    if config.no_ack {
-        return None;
+    let probe = protocol::subjects::stream_probe(&config.name);
+    (!config.no_ack && config.subjects.contains(&probe)).then_some(probe)
+}
+
+/// `config` with the readiness probe subject added (unless it has no
+/// subjects: a mirror, or sources only).
+fn with_probe(mut config: stream::Config) -> stream::Config {
+    let probe = protocol::subjects::stream_probe(&config.name);
+    if !config.subjects.is_empty() && !config.subjects.contains(&probe) {
+        config.subjects.push(probe);
     }
-    let subject = config.subjects.first()?;
-    Some(
-        subject
-            .split('.')
-            .map(|token| match token {
-                "*" | ">" => PROBE_TOKEN,
-                literal => literal,
-            })
-            .collect::<Vec<_>>()
-            .join("."),
-    )
+    config
 }
 
 /// `$KV.<bucket>.<probe key>` for [`wait_usable`]; `None` for a bucket whose
@@ -170,7 +168,7 @@ pub fn kv_probe_subject(store: &kv::Store) -> Option<String> {
     if store.put_prefix.is_some() || store.use_jetstream_prefix {
         return None;
     }
-    Some(format!("{}{PROBE_TOKEN}", store.prefix))
+    Some(format!("{}{KV_PROBE_KEY}", store.prefix))
 }
 
 /// Waits until stream `stream` is usable from `js`'s connection, or fails
@@ -373,26 +371,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_probe_subject_is_a_literal_the_stream_captures() {
+    fn streams_get_their_own_probe_subject() {
         let config = |subjects: &[&str]| stream::Config {
+            name: "S".into(),
             subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
             ..Default::default()
         };
+        let probed = with_probe(config(&["stocks.>"]));
+        assert_eq!(probed.subjects, ["stocks.>", "_switchyard.probe.S"]);
+        assert_eq!(with_probe(probed.clone()).subjects, probed.subjects);
         assert_eq!(
-            probe_subject(&config(&["email.outbox", "email.scheduled.>"])).as_deref(),
-            Some("email.outbox")
+            probe_subject(&probed).as_deref(),
+            Some("_switchyard.probe.S")
         );
-        assert_eq!(
-            probe_subject(&config(&["$KV.b.>"])).as_deref(),
-            Some("$KV.b._switchyard_usable_probe")
-        );
-        assert_eq!(
-            probe_subject(&config(&["logs.*.x"])).as_deref(),
-            Some("logs._switchyard_usable_probe.x")
-        );
+        // A stream made without it is waited on for its leader only.
+        assert_eq!(probe_subject(&config(&["stocks.>"])), None);
         // A mirror has no subjects; a no_ack stream never answers.
-        assert_eq!(probe_subject(&config(&[])), None);
-        let mut silent = config(&["a"]);
+        assert!(with_probe(config(&[])).subjects.is_empty());
+        let mut silent = probed;
         silent.no_ack = true;
         assert_eq!(probe_subject(&silent), None);
     }
