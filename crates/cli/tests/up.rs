@@ -12,6 +12,7 @@
     reason = "a test fails by panicking"
 )]
 
+use protocol::micro::{InfoResponse, Verb};
 use std::io::{BufRead as _, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -117,6 +118,45 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("math") && table.contains("0.1.0"), "{table}");
     assert!(table.contains("registered (healthy)"), "{table}");
+
+    // Every service serves exactly the endpoints its manifest in protocol
+    // declares (the manifest is what permissions and clients are made from).
+    let infos: Vec<InfoResponse> = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async {
+            let client = async_nats::connect(
+                servers
+                    .split(',')
+                    .map(|url| url.parse::<async_nats::ServerAddr>())
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+            .await?;
+            runtime::client::discover(&client, Verb::Info, None, Duration::from_secs(1)).await
+        })
+        .unwrap();
+    for manifest in protocol::manifest::ALL.iter() {
+        let info = infos
+            .iter()
+            .find(|i| i.name == manifest.service)
+            .unwrap_or_else(|| panic!("{} did not answer $SRV.INFO", manifest.service));
+        let mut served: Vec<(&str, &str, &str)> = info
+            .endpoints
+            .iter()
+            .map(|e| (e.name.as_str(), e.subject.as_str(), e.queue_group.as_str()))
+            .collect();
+        let mut declared: Vec<(&str, &str, &str)> = manifest
+            .endpoints
+            .iter()
+            .map(|e| (e.name, e.subject.as_str(), e.queue_group))
+            .collect();
+        served.sort_unstable();
+        declared.sort_unstable();
+        assert_eq!(
+            served, declared,
+            "{}: $SRV.INFO vs manifest",
+            manifest.service
+        );
+    }
 
     // The same ports again: a clear error naming the port.
     let out = Command::new(SWITCHYARD)
