@@ -180,15 +180,9 @@ where
     F: Fn(Vec<jetstream::Message>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let WorkerContext {
-        name,
-        consumer,
-        concurrency,
-        mut maintenance,
-        stop,
-        grace,
-    } = ctx;
-    let batch = concurrency.max(1);
+    let (name, stop) = (ctx.name.as_str(), &ctx.stop);
+    let mut maintenance = ctx.maintenance.clone();
+    let batch = ctx.concurrency.max(1);
     loop {
         if *maintenance.borrow_and_update() {
             tracing::warn!(worker = %name, "maintenance mode: paused");
@@ -199,7 +193,7 @@ where
         }
         let pulled = tokio::select! {
             _ = stop.cancelled() => return,
-            pulled = consumer.batch().max_messages(batch).expires(Duration::from_millis(300)).messages() => pulled,
+            pulled = ctx.consumer.batch().max_messages(batch).expires(Duration::from_millis(300)).messages() => pulled,
         };
         let mut pulled = match pulled {
             Ok(pulled) => pulled,
@@ -228,7 +222,7 @@ where
         let run = AssertUnwindSafe(handle(messages)).catch_unwind();
         let grace_over = async {
             stop.cancelled().await;
-            tokio::time::sleep(grace).await;
+            tokio::time::sleep(ctx.grace).await;
         };
         let outcome = tokio::select! {
             biased;
@@ -239,11 +233,11 @@ where
             Some(Ok(())) => {}
             Some(Err(panic)) => {
                 tracing::error!(worker = %name, panic = panic_message(&panic), count = held.len(), "batch handler panicked; the batch is given back");
-                nak_all(&name, &held).await;
+                nak_all(name, &held).await;
             }
             None => {
                 tracing::warn!(worker = %name, count = held.len(), "batch still in progress after the shutdown grace period; given back");
-                nak_all(&name, &held).await;
+                nak_all(name, &held).await;
                 return;
             }
         }
