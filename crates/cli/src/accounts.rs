@@ -72,7 +72,8 @@ fn bucket_access(bucket: &str) -> Vec<String> {
 }
 
 /// A bucket the service only reads one key of (and watches it over core
-/// NATS): open or create the bucket, get the key. No writes, no consumers.
+/// NATS): open or create the bucket, get the key, and the readiness probe
+/// (refused by the stream, never stored). No other writes, no consumers.
 fn key_read_access(bucket: &str) -> Vec<String> {
     let s = kv_stream(bucket);
     vec![
@@ -80,6 +81,7 @@ fn key_read_access(bucket: &str) -> Vec<String> {
         format!("$JS.API.STREAM.CREATE.{s}"),
         format!("$JS.API.STREAM.MSG.GET.{s}"),
         format!("$JS.API.DIRECT.GET.{s}.>"),
+        subjects::kv_key(bucket, protocol::names::keys::USABLE_PROBE),
     ]
 }
 

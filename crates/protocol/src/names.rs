@@ -73,6 +73,9 @@ pub mod buckets {
 pub mod keys {
     /// In bucket `config`: the raw bytes `true` or `false`.
     pub const SITE_MAINTENANCE: &str = "site_maintenance";
+    /// In every bucket: the key of the readiness probe (`runtime::js::wait_usable`),
+    /// refused by the bucket's stream and never stored.
+    pub const USABLE_PROBE: &str = "_switchyard_usable_probe";
 }
 
 /// NATS headers the contract uses.

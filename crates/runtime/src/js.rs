@@ -140,9 +140,6 @@ pub async fn ensure_kv(js: &jetstream::Context, config: kv::Config) -> anyhow::R
 /// `i64::MAX` because the server parses the header as an `int64`.
 const IMPOSSIBLE_LAST_SEQUENCE: u64 = i64::MAX as u64;
 
-/// The key a readiness probe uses in a KV bucket (never stored).
-const KV_PROBE_KEY: &str = "_switchyard_usable_probe";
-
 /// The stream's readiness probe subject
 /// ([`protocol::subjects::stream_probe`]), if it captures it and answers
 /// publishes (not `no_ack`). [`ensure_stream`] adds it to every stream it
@@ -168,7 +165,11 @@ pub fn kv_probe_subject(store: &kv::Store) -> Option<String> {
     if store.put_prefix.is_some() || store.use_jetstream_prefix {
         return None;
     }
-    Some(format!("{}{KV_PROBE_KEY}", store.prefix))
+    Some(format!(
+        "{}{}",
+        store.prefix,
+        protocol::names::keys::USABLE_PROBE
+    ))
 }
 
 /// Waits until stream `stream` is usable from `js`'s connection, or fails
