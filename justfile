@@ -81,8 +81,7 @@ accounts:
 codegen:
     cargo run --quiet -p switchyard-cli -- codegen
 
-# Every test COUNT times over, three at a time on this machine's cores (the
-# no-flake check): `just stress`, `just stress 5`. Installs cargo-nextest if missing.
+# The no-flake check: every test COUNT times, three at a time (`just stress 5`); installs cargo-nextest if missing.
 stress COUNT="20": setup build
     command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
     cargo nextest run --workspace --locked --stress-count {{COUNT}} --no-fail-fast --test-threads 3
