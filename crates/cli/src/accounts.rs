@@ -66,7 +66,10 @@ fn kv_stream(bucket: &str) -> String {
 
 /// A KV bucket: its stream's API plus reads and writes of its keys.
 fn bucket_access(bucket: &str) -> Vec<String> {
+    // A bucket's stream has no probe subject: its probe is a key (`$KV.<bucket>.>`).
+    let probe = protocol::subjects::stream_probe(&kv_stream(bucket));
     let mut out = stream_access(&kv_stream(bucket));
+    out.retain(|s| *s != probe);
     out.push(subjects::kv_key(bucket, ">"));
     out
 }
