@@ -121,7 +121,12 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
 
     // Every service serves exactly the endpoints its manifest in protocol
     // declares (the manifest is what permissions and clients are made from).
-    let infos: Vec<InfoResponse> = tokio::runtime::Runtime::new()
+    // And no stream the services made acknowledges before it stored
+    // (persist_mode: async would undo sync_interval: always).
+    let (infos, streams): (
+        Vec<InfoResponse>,
+        Vec<async_nats::jetstream::stream::Config>,
+    ) = tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(async {
             let client = async_nats::connect(
@@ -131,9 +136,27 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
                     .collect::<Result<Vec<_>, _>>()?,
             )
             .await?;
-            runtime::client::discover(&client, Verb::Info, None, Duration::from_secs(1)).await
+            let infos =
+                runtime::client::discover(&client, Verb::Info, None, Duration::from_secs(1))
+                    .await?;
+            let js = async_nats::jetstream::new(client);
+            let mut listed = js.streams();
+            let mut streams = Vec::new();
+            while let Some(info) = futures::StreamExt::next(&mut listed).await {
+                streams.push(info?.config);
+            }
+            anyhow::Ok((infos, streams))
         })
         .unwrap();
+    assert!(streams.len() >= 6, "{streams:?}");
+    for config in &streams {
+        assert_ne!(
+            config.persist_mode,
+            Some(async_nats::jetstream::stream::PersistenceMode::Async),
+            "stream {} acknowledges before it stores",
+            config.name
+        );
+    }
     for manifest in protocol::manifest::ALL.iter() {
         let info = infos
             .iter()

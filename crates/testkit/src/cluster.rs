@@ -85,6 +85,7 @@ impl Default for ClusterOptions {
 #[derive(Debug)]
 struct Node {
     client_port: u16,
+    http_port: u16,
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -160,7 +161,9 @@ impl Cluster {
             writeln!(conf, "http: \"127.0.0.1:{}\"", http[i])?;
             writeln!(
                 conf,
-                "jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}}",
+                // sync_interval: always: every write is fsynced before it is
+                // acknowledged, as in every config Switchyard ships.
+                "jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n  sync_interval: always\n}}",
                 store.display()
             )?;
             if n > 1 {
@@ -176,6 +179,7 @@ impl Cluster {
             std::fs::write(&config, conf)?;
             nodes.push(Node {
                 client_port: client[i],
+                http_port: http[i],
                 config,
                 log: dir.join(format!("n{i}.log")),
                 child: None,
@@ -229,6 +233,29 @@ impl Cluster {
 
     pub fn url(&self, i: usize) -> String {
         format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
+    }
+
+    /// Node `i`'s monitoring endpoint, e.g. `http://127.0.0.1:8222`.
+    pub fn monitor_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[i].http_port)
+    }
+
+    /// Node `i`'s `/varz` (server and JetStream configuration in force).
+    pub async fn varz(&self, i: usize) -> anyhow::Result<serde_json::Value> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let host = format!("127.0.0.1:{}", self.nodes[i].http_port);
+        let mut stream = tokio::net::TcpStream::connect(&host).await?;
+        stream
+            .write_all(format!("GET /varz HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("no end of headers in the /varz response")?;
+        // HTTP/1.0: the body comes whole, not chunked.
+        anyhow::ensure!(head.contains(" 200 "), "/varz answered {head}");
+        Ok(serde_json::from_str(body)?)
     }
 
     pub fn client_ports(&self) -> Vec<u16> {

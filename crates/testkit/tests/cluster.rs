@@ -79,3 +79,16 @@ async fn a_killed_node_restarts_with_its_data() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn every_node_fsyncs_each_write_before_acknowledging_it() {
+    let cluster = testkit::shared().await;
+    for i in 0..cluster.len() {
+        let varz = cluster.varz(i).await.unwrap();
+        assert_eq!(
+            varz["jetstream"]["config"]["sync_always"], true,
+            "node {i}: {}",
+            varz["jetstream"]["config"]
+        );
+    }
+}
