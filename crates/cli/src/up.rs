@@ -197,6 +197,7 @@ async fn start_cluster(args: &NatsArgs) -> anyhow::Result<Cluster> {
         http_ports: Some(http),
         dir: Some(std::path::absolute(&dir)?),
         ready_timeout: Duration::from_secs(30),
+        sync_always: true,
     })
     .await
 }

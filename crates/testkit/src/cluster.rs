@@ -66,6 +66,10 @@ pub struct ClusterOptions {
     /// Holds `n<i>/` stores, `n<i>.conf` and `n<i>.log`.
     pub dir: Option<PathBuf>,
     pub ready_timeout: Duration,
+    /// `sync_interval: always` (fsync before every ack), as every config
+    /// Switchyard ships; `false` leaves nats-server's default (every 2 min),
+    /// for measuring what durability costs.
+    pub sync_always: bool,
 }
 
 impl Default for ClusterOptions {
@@ -78,6 +82,7 @@ impl Default for ClusterOptions {
             http_ports: None,
             dir: None,
             ready_timeout: Duration::from_secs(30),
+            sync_always: true,
         }
     }
 }
@@ -104,16 +109,20 @@ pub struct Cluster {
 impl Cluster {
     /// `nodes` servers on free loopback ports, JetStream in a temp dir.
     pub async fn start(nodes: usize) -> anyhow::Result<Cluster> {
+        Self::start_retrying(ClusterOptions {
+            nodes,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// [`start_with`](Self::start_with) on free ports, tried up to three times.
+    pub async fn start_retrying(opts: ClusterOptions) -> anyhow::Result<Cluster> {
         let mut last_err = None;
         // Free ports are found by binding and releasing; another process can
         // take one in between, so a failed start is tried again on new ports.
         for _ in 0..3 {
-            match Self::start_with(ClusterOptions {
-                nodes,
-                ..Default::default()
-            })
-            .await
-            {
+            match Self::start_with(opts.clone()).await {
                 Ok(cluster) => return Ok(cluster),
                 Err(err) => last_err = Some(err),
             }
@@ -163,8 +172,13 @@ impl Cluster {
                 conf,
                 // sync_interval: always: every write is fsynced before it is
                 // acknowledged, as in every config Switchyard ships.
-                "jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n  sync_interval: always\n}}",
-                store.display()
+                "jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n{}}}",
+                store.display(),
+                if opts.sync_always {
+                    "  sync_interval: always\n"
+                } else {
+                    ""
+                }
             )?;
             if n > 1 {
                 writeln!(

@@ -47,6 +47,18 @@ pub(crate) struct BenchArgs {
     /// Print the results as JSON (no table, no progress bars).
     #[arg(long)]
     json: bool,
+    /// The bench's own cluster fsyncs every write before acking it (`always`,
+    /// as every shipped config) or keeps nats-server's default (`default`:
+    /// every 2 min), to measure what durability costs.
+    #[arg(long, value_enum, default_value = "always")]
+    nats_sync: NatsSync,
+}
+
+/// `sync_interval` of the bench's own cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum NatsSync {
+    Always,
+    Default,
 }
 
 /// One compared figure.
@@ -123,15 +135,23 @@ pub(crate) struct Env {
 }
 
 impl Env {
-    async fn new(servers: &[String], duration: Duration, quiet: bool) -> anyhow::Result<Self> {
+    async fn new(
+        servers: &[String],
+        duration: Duration,
+        quiet: bool,
+        sync: NatsSync,
+    ) -> anyhow::Result<Self> {
         let bin_dir = std::env::current_exe()?
             .parent()
             .map(Path::to_path_buf)
             .context("where is the switchyard binary?")?;
         let (mut urls, cluster) = if servers.is_empty() {
-            let cluster = Cluster::start(3)
-                .await
-                .context("starting a 3-node cluster for the bench")?;
+            let cluster = Cluster::start_retrying(testkit::ClusterOptions {
+                sync_always: sync == NatsSync::Always,
+                ..Default::default()
+            })
+            .await
+            .context("starting a 3-node cluster for the bench")?;
             (cluster.urls(), Some(cluster))
         } else {
             (servers.to_vec(), None)
@@ -257,7 +277,7 @@ pub(crate) async fn run(servers: &[String], args: BenchArgs) -> anyhow::Result<(
     };
     let mut results = Vec::new();
     for name in names {
-        let mut env = Env::new(servers, args.duration, args.json).await?;
+        let mut env = Env::new(servers, args.duration, args.json, args.nats_sync).await?;
         let metrics = match name {
             Rpc => runs::rpc(&mut env).await,
             Payments => runs::payments(&mut env).await,
