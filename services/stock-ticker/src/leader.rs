@@ -1,7 +1,7 @@
 //! Standby until the lease is ours, then publish ticks while it holds.
 
 use crate::StockSettings;
-use crate::walk::{cents, step};
+use crate::walk::{MAX_SEQ, cents, resume_from, step};
 use async_nats::jetstream::{self, kv, stream};
 use futures::future::try_join_all;
 use protocol::stocks::Tick;
@@ -137,7 +137,12 @@ impl Ticker {
             })
             .await?;
             let resumed = match last {
-                Some(tick) => (tick.seq, tick.price.parse().unwrap_or(start)),
+                Some(tick) => resume_from(tick.seq, &tick.price).unwrap_or_else(|why| {
+                    // Its seq goes on where it can (a restart at 0 would reuse
+                    // Msg-Ids the dedup window still remembers); the price restarts.
+                    tracing::error!(%symbol, %why, "the last stored tick is not usable; its price restarts");
+                    (tick.seq.min(MAX_SEQ), start)
+                }),
                 None => (0, start),
             };
             state.insert(symbol.clone(), resumed);

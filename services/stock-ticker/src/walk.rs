@@ -4,11 +4,17 @@ use rand::Rng;
 use rust_decimal::{Decimal, RoundingStrategy};
 
 const MIN_PRICE: Decimal = Decimal::from_parts(1, 0, 0, false, 2); // 0.01
+/// The highest price a symbol can reach (one trillion): far from where
+/// decimal arithmetic overflows, so a step can never panic.
+pub const MAX_PRICE: Decimal = Decimal::from_parts(3_567_587_328, 232, 0, false, 0); // 1e12
+/// The highest sequence a resumed tick may carry: the next ones must fit.
+pub const MAX_SEQ: u64 = u64::MAX / 2;
 
 /// The next price: a move of up to `volatility_bp` basis points either way,
-/// rounded to cents, never below 0.01. Returns (price, change).
+/// rounded to cents, kept within 0.01 ..= [`MAX_PRICE`]. Returns (price, change).
 pub fn step(price: Decimal, volatility_bp: u32, rng: &mut impl Rng) -> (Decimal, Decimal) {
-    let bp = i64::from(volatility_bp);
+    let price = price.clamp(MIN_PRICE, MAX_PRICE);
+    let bp = i64::from(volatility_bp.min(10_000));
     let moved = if bp == 0 {
         0
     } else {
@@ -16,8 +22,26 @@ pub fn step(price: Decimal, volatility_bp: u32, rng: &mut impl Rng) -> (Decimal,
     };
     let delta = (price * Decimal::new(moved, 4))
         .round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven);
-    let next = (price + delta).max(MIN_PRICE).round_dp(2);
+    let next = (price + delta).clamp(MIN_PRICE, MAX_PRICE).round_dp(2);
     (next, next - price)
+}
+
+/// Where a new leader goes on from, given the last stored tick of a symbol
+/// (`seq`, `price` as on the wire): that tick if it is sane, else an error
+/// saying why (the caller logs it and starts the symbol afresh).
+pub fn resume_from(seq: u64, price: &str) -> Result<(u64, Decimal), String> {
+    let parsed: Decimal = price
+        .parse()
+        .map_err(|_| format!("price {price:?} is not a decimal"))?;
+    if !(MIN_PRICE..=MAX_PRICE).contains(&parsed) {
+        return Err(format!(
+            "price {price} is outside {MIN_PRICE} ..= {MAX_PRICE}"
+        ));
+    }
+    if seq > MAX_SEQ {
+        return Err(format!("seq {seq} leaves no room for the next ticks"));
+    }
+    Ok((seq, parsed.round_dp(2)))
 }
 
 /// Two decimal places, as on the wire (`"189.20"`, `"-0.12"`).
@@ -58,6 +82,34 @@ mod tests {
             );
         }
         assert_eq!(step(price, 0, &mut rng), (price, Decimal::ZERO));
+    }
+
+    #[test]
+    fn extreme_prices_never_panic_and_stay_in_range() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for start in [Decimal::MAX, MAX_PRICE, Decimal::MIN, Decimal::ZERO] {
+            let (next, _) = step(start, u32::MAX, &mut rng);
+            assert!((MIN_PRICE..=MAX_PRICE).contains(&next), "{start} -> {next}");
+        }
+        assert_eq!(MAX_PRICE, Decimal::from(1_000_000_000_000u64));
+    }
+
+    #[test]
+    fn only_sane_ticks_are_resumed() {
+        assert_eq!(
+            resume_from(41, "189.20"),
+            Ok((41, Decimal::from_str("189.20").unwrap()))
+        );
+        for (seq, price) in [
+            (1, "79228162514264337593543950335"),
+            (1, "-5.00"),
+            (1, "0"),
+            (1, "NaN"),
+            (1, ""),
+            (u64::MAX, "10.00"),
+        ] {
+            assert!(resume_from(seq, price).is_err(), "{seq} {price:?}");
+        }
     }
 
     #[test]

@@ -332,3 +332,56 @@ async fn max_tick_rate() {
     assert!(n > 0);
     ticker.stop().await;
 }
+
+#[tokio::test]
+async fn a_poisoned_last_tick_is_not_resumed_and_nothing_panics() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let js = jetstream::new(cluster.client().await.unwrap());
+    let only = |symbol: &str| {
+        vec![
+            ("stocks.symbols", Value::from(vec![symbol])),
+            ("stocks.interval_ms", Value::from(50)),
+        ]
+    };
+    // A first leader makes the stream, then stops (and hands the lease back).
+    spawn_service(stock_ticker::run, &cluster, &only("POISON"))
+        .await
+        .stop()
+        .await;
+    // Anyone allowed to publish on stocks.> could store this: a price decimal
+    // arithmetic cannot step from.
+    let poison = json!({"symbol": "POISON", "price": "79228162514264337593543950335",
+        "change": "0.00", "ts": "2026-11-25T00:00:00Z", "seq": 1_000_000});
+    js.publish("stocks.POISON", poison.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let ticker = spawn_service(stock_ticker::run, &cluster, &only("POISON")).await;
+    let ticks = eventually(
+        "ticks after the poisoned one",
+        Duration::from_secs(15),
+        || async {
+            let after: Vec<Tick> = stored(&js, "POISON")
+                .await
+                .into_iter()
+                .filter(|t| t.seq > 1_000_000)
+                .collect();
+            if after.len() >= 3 {
+                Ok(after)
+            } else {
+                Err(format!("{after:?}"))
+            }
+        },
+    )
+    .await;
+    // The seq goes on; the price starts afresh from the configured start.
+    assert_eq!(ticks[0].seq, 1_000_001, "{ticks:?}");
+    for tick in &ticks {
+        assert!(is_cents(&tick.price), "{tick:?}");
+        let price: f64 = tick.price.parse().unwrap();
+        assert!((50.0..150.0).contains(&price), "{tick:?}");
+    }
+    assert!(ticker.is_running(), "the ticker stopped");
+    ticker.stop().await;
+}
