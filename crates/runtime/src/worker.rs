@@ -1,6 +1,8 @@
 //! Durable pull consumers worked by one instance, the same way in every
-//! service: messages are handled concurrently (bounded), pulling pauses
-//! while maintenance mode is on, and on stop:
+//! service: messages are handled concurrently (bounded), each pull asks for
+//! no more messages than there are free slots, a running handler's message
+//! gets progress acks (so only a stalled process lets it be redelivered),
+//! pulling pauses while maintenance mode is on, and on stop:
 //!
 //! 1. nothing new is pulled; messages the server already sent us that no
 //!    handler started are nak'd at once, so another instance takes them now
@@ -55,7 +57,13 @@ pub struct WorkerContext {
 }
 
 /// Runs `handle` for each message until `stop` fires, with at most
-/// `concurrency` at once. `handle` acks, naks or terms its message.
+/// `concurrency` at once. `handle` acks, naks or terms its message; while it
+/// runs, the message's ack deadline is pushed back (progress acks every third
+/// of the consumer's ack wait), so a slow handler is not redelivered.
+///
+/// Pulls only as many messages as there are free slots (a pull request for
+/// exactly that many, expiring after [`PULL_EXPIRY`]): nothing waits in a
+/// buffer where its ack wait would run out before a handler starts it.
 pub async fn run_pull<F, Fut>(ctx: WorkerContext, handle: F)
 where
     F: Fn(jetstream::Message) -> Fut + Send + Sync + 'static,
@@ -69,17 +77,12 @@ where
         stop,
         grace,
     } = ctx;
-    let concurrency = concurrency.max(1);
     let handle = Arc::new(handle);
     let tracker = TaskTracker::new();
     let cancel_handlers = CancellationToken::new();
-    let permits = Arc::new(Semaphore::new(concurrency));
-    // The pull stream of the current round, kept so that on stop what it
-    // buffered can be given back.
-    let mut current = None;
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let progress_every = progress_interval(&consumer.cached_info().config);
     'pull: loop {
-        // A new round: whatever the last stream buffered goes back first.
-        give_back_buffered(&name, current.take()).await;
         if *maintenance.borrow_and_update() {
             tracing::warn!(worker = %name, "maintenance mode: paused");
             tokio::select! {
@@ -90,17 +93,27 @@ where
                 }
             }
         }
+        // A free slot first, then every other slot free now: pull that many.
+        let mut slots = tokio::select! {
+            _ = stop.cancelled() => break 'pull,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => vec![permit],
+                Err(_) => break 'pull,
+            },
+        };
+        while let Ok(permit) = permits.clone().try_acquire_owned() {
+            slots.push(permit);
+        }
         let pulled = tokio::select! {
             _ = stop.cancelled() => break 'pull,
             pulled = consumer
-                .stream()
-                .max_messages_per_batch(concurrency)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
+                .batch()
+                .max_messages(slots.len())
+                .expires(PULL_EXPIRY)
                 .messages() => pulled,
         };
-        current = match pulled {
-            Ok(messages) => Some(messages),
+        let mut batch = match pulled {
+            Ok(batch) => batch,
             Err(err) => {
                 tracing::warn!(worker = %name, error = %err, "cannot pull yet; retrying");
                 tokio::select! {
@@ -109,66 +122,104 @@ where
                 }
             }
         };
-        let Some(messages) = current.as_mut() else {
-            continue 'pull;
-        };
+        // Start each message as it comes. On stop or maintenance, what the
+        // pull request already brought is given back and the request is
+        // dropped: its subscription goes, and the server sends nothing more to
+        // a request nobody listens to (a nak'd message is not handed to this
+        // same request again).
         loop {
-            // A free slot first, so we never hold messages we cannot start.
-            let permit = tokio::select! {
-                _ = stop.cancelled() => break 'pull,
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break 'pull,
+            let next = tokio::select! {
+                biased;
+                _ = stop.cancelled() => None,
+                changed = maintenance.changed() => {
+                    if changed.is_err() || *maintenance.borrow() { None } else { continue; }
+                }
+                next = batch.next() => match next {
+                    Some(next) => Some(next),
+                    None => break,
                 },
             };
-            let next = tokio::select! {
-                _ = stop.cancelled() => break 'pull,
-                changed = maintenance.changed() => {
-                    if changed.is_err() { break 'pull; }
-                    continue 'pull;
-                }
-                next = messages.next() => next,
+            let Some(next) = next else {
+                give_back_buffered(&name, batch).await;
+                break;
             };
-            match next {
-                Some(Ok(message)) => {
-                    let handle = handle.clone();
-                    let cancel = cancel_handlers.clone();
-                    let name = name.clone();
-                    tracker.spawn(async move {
-                        let held = message.clone();
-                        let run = AssertUnwindSafe(handle(message)).catch_unwind();
-                        let outcome = tokio::select! {
-                            biased;
-                            outcome = run => Some(outcome),
-                            _ = cancel.cancelled() => None,
-                        };
-                        match outcome {
-                            Some(Ok(())) => {}
-                            Some(Err(panic)) => {
-                                tracing::error!(worker = %name, panic = panic_message(&panic), "message handler panicked; the message is given back");
-                                nak_now(&name, &held).await;
-                            }
-                            None => {
-                                tracing::warn!(worker = %name, "message still in progress after the shutdown grace period; given back");
-                                nak_now(&name, &held).await;
-                            }
-                        }
-                        drop(permit);
-                    });
+            let message = match next {
+                Ok(message) => message,
+                Err(err) => {
+                    tracing::debug!(worker = %name, error = %err, "pull request ended");
+                    break;
                 }
-                Some(Err(err)) => {
-                    tracing::warn!(worker = %name, error = %err, "pull stream error; pulling again");
-                    continue 'pull;
+            };
+            let Some(permit) = slots.pop() else {
+                // Cannot happen (the request asked for one per slot); safe anyway.
+                nak_now(&name, &message).await;
+                continue;
+            };
+            let handle = handle.clone();
+            let cancel = cancel_handlers.clone();
+            let name = name.clone();
+            tracker.spawn(async move {
+                let held = message.clone();
+                let run = AssertUnwindSafe(handle(message)).catch_unwind();
+                let outcome = tokio::select! {
+                    biased;
+                    outcome = run => Some(outcome),
+                    _ = cancel.cancelled() => None,
+                    () = keep_alive(&held, progress_every) => None,
+                };
+                match outcome {
+                    Some(Ok(())) => {}
+                    Some(Err(panic)) => {
+                        tracing::error!(worker = %name, panic = panic_message(&panic), "message handler panicked; the message is given back");
+                        nak_now(&name, &held).await;
+                    }
+                    None => {
+                        tracing::warn!(worker = %name, "message still in progress after the shutdown grace period; given back");
+                        nak_now(&name, &held).await;
+                    }
                 }
-                None => continue 'pull,
-            }
+                drop(permit);
+            });
+        }
+        // Slots the pull request did not fill are free again.
+        drop(slots);
+        if stop.is_cancelled() {
+            break 'pull;
         }
     }
-    give_back_buffered(&name, current.take()).await;
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         cancel_handlers.cancel();
         tracker.wait().await;
+    }
+}
+
+/// How long one pull request waits for messages. Also the longest a stop
+/// waits for a pull request in flight (what it still brings is given back).
+pub const PULL_EXPIRY: Duration = Duration::from_secs(1);
+
+/// Every third of the ack deadline of a first delivery: the consumer's ack
+/// wait, or the first entry of its backoff list (which the server then uses
+/// as the ack wait), at least 100 ms.
+pub fn progress_interval(config: &jetstream::consumer::Config) -> Duration {
+    let deadline = match config.backoff.first() {
+        Some(first) if !config.ack_wait.is_zero() => (*first).min(config.ack_wait),
+        Some(first) => *first,
+        None if config.ack_wait.is_zero() => Duration::from_secs(30),
+        None => config.ack_wait,
+    };
+    (deadline / 3).max(Duration::from_millis(100))
+}
+
+/// Sends progress acks for `message` every `every`, forever (the caller
+/// drops it when the handler is done).
+async fn keep_alive(message: &jetstream::Message, every: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        ticks.tick().await;
+        if let Err(err) = message.ack_with(AckKind::Progress).await {
+            tracing::debug!(error = %err, "progress ack not sent");
+        }
     }
 }
 
@@ -244,11 +295,10 @@ where
     }
 }
 
-/// Naks what the server sent that no handler took yet.
-async fn give_back_buffered(name: &str, messages: Option<jetstream::consumer::pull::Stream>) {
-    let Some(mut messages) = messages else { return };
+/// Naks what a pull request brought that no handler took, then drops it.
+async fn give_back_buffered(name: &str, mut batch: jetstream::consumer::pull::Batch) {
     let mut given_back = 0usize;
-    while let Some(Some(next)) = messages.next().now_or_never() {
+    while let Some(Some(next)) = batch.next().now_or_never() {
         if let Ok(message) = next {
             nak_now(name, &message).await;
             given_back += 1;
@@ -291,6 +341,31 @@ mod tests {
         assert_eq!(backoff_after(&[100, 200], 9), Duration::from_millis(200));
         assert_eq!(backoff_after(&[], 3), Duration::from_secs(1));
         assert_eq!(backoff_after(&[100], 0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn progress_acks_come_three_times_per_ack_deadline() {
+        let config = |ack_wait_ms: u64, backoff_ms: &[u64]| jetstream::consumer::Config {
+            ack_wait: Duration::from_millis(ack_wait_ms),
+            backoff: backoff_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            progress_interval(&config(30_000, &[])),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            progress_interval(&config(10_000, &[1_000, 5_000])),
+            Duration::from_millis(333)
+        );
+        assert_eq!(progress_interval(&config(0, &[])), Duration::from_secs(10));
+        assert_eq!(
+            progress_interval(&config(90, &[])),
+            Duration::from_millis(100)
+        );
     }
 
     #[test]

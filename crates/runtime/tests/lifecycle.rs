@@ -33,6 +33,14 @@ fn settings(cluster: &Cluster, grace_ms: u64) -> Settings {
 /// A work-queue stream `name` on `<name>.>` with one durable pull consumer
 /// whose ack wait is a minute: anything redelivered sooner was given back.
 async fn work_queue(js: &jetstream::Context, name: &str) -> consumer::PullConsumer {
+    work_queue_with(js, name, Duration::from_secs(60)).await
+}
+
+async fn work_queue_with(
+    js: &jetstream::Context,
+    name: &str,
+    ack_wait: Duration,
+) -> consumer::PullConsumer {
     let stream = runtime::js::ensure_stream(
         js,
         stream::Config {
@@ -50,7 +58,7 @@ async fn work_queue(js: &jetstream::Context, name: &str) -> consumer::PullConsum
         .create_consumer(consumer::pull::Config {
             durable_name: Some("workers".into()),
             ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(60),
+            ack_wait,
             ..Default::default()
         })
         .await
@@ -344,4 +352,83 @@ async fn the_documented_skeleton_runs_as_written() {
         page.contains(&example),
         "docs/WRITE_A_SERVICE.md no longer shows crates/runtime/examples/hello.rs as it is"
     );
+}
+
+#[tokio::test]
+async fn a_handler_slower_than_the_ack_wait_is_not_redelivered() {
+    let cluster = testkit::shared().await;
+    let js = jetstream::new(cluster.client().await.unwrap());
+    // An ack wait of 1 s and a handler that takes 3.5 s: without progress
+    // acks the server would hand the message out again three times.
+    let mut consumer = work_queue_with(&js, "LC_SLOW", Duration::from_secs(1)).await;
+    publish(&js, "LC_SLOW.job", "slow").await;
+    let deliveries = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (app, shutdown) = connect(cluster, "lc-slow", 10_000).await;
+    let serving = tokio::spawn(
+        app.service("0.0.0", "a slow handler")
+            .with_state(deliveries.clone())
+            .pull_worker("slow", consumer.clone(), 4, |seen, message| async move {
+                let delivered = message.info().unwrap().delivered;
+                seen.lock().unwrap().push(delivered);
+                tokio::time::sleep(Duration::from_millis(3_500)).await;
+                message.double_ack().await.unwrap();
+            })
+            .serve(),
+    );
+    eventually("the message acked", Duration::from_secs(15), || async {
+        let info = js
+            .get_stream("LC_SLOW")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
+        match info.state.messages {
+            0 => Ok(()),
+            n => Err(format!("{n} left")),
+        }
+    })
+    .await;
+    assert_eq!(
+        *deliveries.lock().unwrap(),
+        vec![1],
+        "delivered again while running"
+    );
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.num_redelivered, 0, "{info:?}");
+    shutdown.cancel();
+    serving.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn only_as_many_messages_are_pulled_as_there_are_free_slots() {
+    let cluster = testkit::shared().await;
+    let js = jetstream::new(cluster.client().await.unwrap());
+    let mut consumer = filled_queue(&js, "LC_SLOTS", 20, "stuck").await;
+    let count = Arc::new(AtomicUsize::new(0));
+    let (app, shutdown) = connect(cluster, "lc-slots", 300).await;
+    let serving = tokio::spawn(
+        app.service("0.0.0", "three slots, handlers that never finish")
+            .with_state(count.clone())
+            .pull_worker(
+                "stuck",
+                consumer.clone(),
+                3,
+                |started, _message| async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                },
+            )
+            .serve(),
+    );
+    started(&count, 3).await;
+    // Several pull rounds later, the server has still handed out only three:
+    // nothing waits unstarted in a buffer while its ack wait runs.
+    tokio::time::sleep(3 * runtime::worker::PULL_EXPIRY).await;
+    let info = consumer.info().await.unwrap().clone();
+    assert_eq!(info.num_ack_pending, 3, "{info:?}");
+    assert_eq!(info.num_pending, 17, "{info:?}");
+    shutdown.cancel();
+    serving.await.unwrap().unwrap();
 }

@@ -91,13 +91,6 @@ impl PaymentSettings {
     pub fn backoff_after(&self, delivered: u32) -> Duration {
         runtime::worker::backoff_after(&self.backoff_ms, delivered)
     }
-
-    /// How long a delivery may run before the server redelivers it.
-    pub fn effective_ack_wait(&self) -> Duration {
-        // With a server-side backoff list, its first entry is the ack wait.
-        let ms = self.backoff_ms.first().copied().unwrap_or(self.ack_wait_ms);
-        Duration::from_millis(ms.min(self.ack_wait_ms))
-    }
 }
 
 #[cfg(test)]
@@ -112,7 +105,6 @@ mod tests {
         assert_eq!(s.backoff_after(1), Duration::from_secs(1));
         assert_eq!(s.backoff_after(2), Duration::from_secs(5));
         assert_eq!(s.backoff_after(7), Duration::from_secs(5));
-        assert_eq!(s.effective_ack_wait(), Duration::from_secs(1));
     }
 
     #[test]

@@ -9,7 +9,6 @@ use async_nats::jetstream::{self, AckKind};
 use protocol::payment::{DlqReason, PaymentRecord, PaymentStatus, REPLAY_HEADER};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// What to tell the server about a message.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,29 +39,8 @@ pub(crate) async fn process(ctx: Arc<Processor>, message: jetstream::Message) {
         .and_then(|v| v.as_str().parse::<u32>().ok())
         .unwrap_or(0);
 
-    // Keep the server from redelivering while a slow charge is running.
-    let working = CancellationToken::new();
-    let _done = working.clone().drop_guard();
-    let every = ctx.settings.effective_ack_wait() / 2;
-    let progress = {
-        let message = message.clone();
-        let working = working.clone();
-        async move {
-            loop {
-                tokio::select! {
-                    _ = working.cancelled() => return,
-                    _ = tokio::time::sleep(every) => {
-                        let _ = message.ack_with(AckKind::Progress).await;
-                    }
-                }
-            }
-        }
-    };
-    let outcome = tokio::select! {
-        outcome = handle(ctx, &message, seq, delivered, replay) => outcome,
-        () = progress => return,
-    };
-    working.cancel();
+    // The runtime's worker keeps the ack deadline moving while this runs.
+    let outcome = handle(ctx, &message, seq, delivered, replay).await;
     let reply = match outcome {
         Ok(Outcome::Ack) => message.ack().await,
         Ok(Outcome::Term) => message.ack_with(AckKind::Term).await,
