@@ -359,7 +359,7 @@ mod tests {
         );
         assert_eq!(
             progress_interval(&config(10_000, &[1_000, 5_000])),
-            Duration::from_millis(333)
+            Duration::from_secs(1) / 3
         );
         assert_eq!(progress_interval(&config(0, &[])), Duration::from_secs(10));
         assert_eq!(

@@ -194,26 +194,18 @@ async fn in_flight_messages_finish_within_the_grace_period() {
             .pull_worker("slow", consumer.clone(), 3, |started, message| async move {
                 started.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(800)).await;
-                message.ack().await.unwrap();
+                // Confirmed by the server before the handler returns.
+                message.double_ack().await.unwrap();
             })
             .serve(),
     );
     started(&count, 3).await;
     shutdown.cancel();
     serving.await.unwrap().unwrap();
-    // serve() returned after the acks: nothing is pending or left.
-    let info = js
-        .get_stream("LC_FINISH")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
-    assert_eq!(
-        info.state.messages, 0,
-        "every message acked before stop returned"
-    );
+    // serve() returned after the (confirmed) acks: the consumer has all three.
+    let info = consumer.clone().info().await.unwrap().clone();
+    assert_eq!(info.ack_floor.consumer_sequence, 3, "{info:?}");
+    assert_eq!(info.num_ack_pending, 0, "{info:?}");
 }
 
 #[tokio::test]
