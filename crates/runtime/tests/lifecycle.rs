@@ -88,6 +88,25 @@ async fn connect(cluster: &Cluster, name: &str, grace_ms: u64) -> (App, Cancella
     (app, shutdown)
 }
 
+/// Waits until work-queue stream `name` holds nothing (every message acked).
+async fn drained(js: &jetstream::Context, name: &str, within: Duration) {
+    eventually(&format!("{name} drained"), within, || async {
+        let info = js
+            .get_stream(name)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
+        match info.state.messages {
+            0 => Ok(()),
+            n => Err(format!("{n} left")),
+        }
+    })
+    .await;
+}
+
 /// Waits until `n` handlers have started.
 async fn started(counter: &AtomicUsize, n: usize) {
     eventually(
@@ -228,21 +247,7 @@ async fn a_panicking_handler_gives_its_message_back_and_the_worker_goes_on() {
             .serve(),
     );
     // Given back at once (not after the minute of ack wait), then acked.
-    eventually("both messages acked", Duration::from_secs(10), || async {
-        let info = js
-            .get_stream("LC_PANIC")
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .clone();
-        match info.state.messages {
-            0 => Ok(()),
-            n => Err(format!("{n} left")),
-        }
-    })
-    .await;
+    drained(&js, "LC_PANIC", Duration::from_secs(10)).await;
     assert!(
         !serving.is_finished(),
         "a handler panic stopped the service"
@@ -367,21 +372,7 @@ async fn a_handler_slower_than_the_ack_wait_is_not_redelivered() {
             })
             .serve(),
     );
-    eventually("the message acked", Duration::from_secs(15), || async {
-        let info = js
-            .get_stream("LC_SLOW")
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .clone();
-        match info.state.messages {
-            0 => Ok(()),
-            n => Err(format!("{n} left")),
-        }
-    })
-    .await;
+    drained(&js, "LC_SLOW", Duration::from_secs(15)).await;
     assert_eq!(
         *deliveries.lock().unwrap(),
         vec![1],
