@@ -53,6 +53,43 @@ fn pids(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// `switchyard up`, stopped (SIGTERM, then SIGKILL) if the test fails before
+/// it stops it, so a failed assertion leaves no stack running.
+struct StopOnDrop(std::process::Child);
+
+impl std::ops::Deref for StopOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for StopOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn up_reports_ready_serves_math_and_stops_cleanly() {
     let math_bin = Path::new(SWITCHYARD).with_file_name("math-service");
@@ -74,6 +111,7 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(StopOnDrop)
         .unwrap();
     let stdout = up.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
