@@ -197,46 +197,29 @@ pub async fn wait_usable(
     budget: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + budget;
-    let mut delay = Duration::from_millis(20);
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
+    let what = format!("stream {stream} not usable from this connection");
+    let answer = retry(&what, budget, || async {
         let left = deadline.saturating_duration_since(Instant::now());
-        let outcome = match tokio::time::timeout(
+        tokio::time::timeout(
             left.min(PROBE_ANSWER_WAIT + Duration::from_secs(2)),
             usable_once(js, stream, probe_subject),
         )
         .await
-        {
-            Ok(outcome) => outcome,
-            Err(_) => Probe::NotYet("no stream info or probe answer in time".to_owned()),
-        };
-        match outcome {
-            Probe::Usable => {
-                if attempts > 1 {
-                    tracing::debug!(stream, attempts, "stream usable after waiting");
-                }
-                return Ok(());
-            }
-            Probe::Silent => {
-                tracing::warn!(
-                    stream,
-                    subject = probe_subject,
-                    "the stream has a leader but its probe got no answer (not permitted to \
-                     publish there?); going on without proof the stream answers this connection"
-                );
-                return Ok(());
-            }
-            Probe::Fatal(why) => anyhow::bail!("stream {stream} is not usable: {why}"),
-            Probe::NotYet(why) if Instant::now() + delay >= deadline => anyhow::bail!(
-                "stream {stream} not usable from this connection after {budget:?} ({attempts} attempts): {why}"
-            ),
-            Probe::NotYet(why) => {
-                tracing::debug!(stream, attempts, why, "stream not usable yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(500));
-            }
+        .unwrap_or_else(|_| Err("no stream info or probe answer in time".to_owned()))
+    })
+    .await?;
+    match answer {
+        Probe::Usable => Ok(()),
+        Probe::Silent => {
+            tracing::warn!(
+                stream,
+                subject = probe_subject,
+                "the stream has a leader but its probe got no answer (not permitted to \
+                 publish there?); going on without proof the stream answers this connection"
+            );
+            Ok(())
         }
+        Probe::Fatal(why) => anyhow::bail!("stream {stream} is not usable: {why}"),
     }
 }
 
@@ -250,29 +233,33 @@ fn server_error_code(err: &jetstream::context::PublishError) -> Option<jetstream
 /// How long a probe waits for an answer once published.
 const PROBE_ANSWER_WAIT: Duration = Duration::from_secs(2);
 
+/// A probe's final answer; "not yet, because ..." is the `Err` of [`usable_once`].
 enum Probe {
     Usable,
     /// The leader is known but the probe got no answer at all (not even "no
     /// responders"): the server dropped it, which is what a publish this
-    /// user is not permitted to make looks like (deploy/nats/accounts.conf
-    /// lets services publish only on their own subjects).
+    /// user is not permitted to make looks like.
     Silent,
-    NotYet(String),
+    /// Waiting will not help (the subject belongs to another stream, ...).
     Fatal(String),
 }
 
-async fn usable_once(js: &jetstream::Context, stream: &str, probe_subject: Option<&str>) -> Probe {
-    let handle = match js.get_stream(stream).await {
-        Ok(handle) => handle,
-        Err(err) => return Probe::NotYet(format!("stream info: {err}")),
-    };
+async fn usable_once(
+    js: &jetstream::Context,
+    stream: &str,
+    probe_subject: Option<&str>,
+) -> Result<Probe, String> {
+    let handle = js
+        .get_stream(stream)
+        .await
+        .map_err(|err| format!("stream info: {err}"))?;
     if let Some(cluster) = &handle.cached_info().cluster
         && cluster.leader.is_none()
     {
-        return Probe::NotYet("stream info names no leader".to_owned());
+        return Err("stream info names no leader".to_owned());
     }
     let Some(subject) = probe_subject else {
-        return Probe::Usable;
+        return Ok(Probe::Usable);
     };
     let mut probe = HeaderMap::new();
     probe.insert(
@@ -286,26 +273,26 @@ async fn usable_once(js: &jetstream::Context, stream: &str, probe_subject: Optio
     {
         Ok(ack) => match tokio::time::timeout(PROBE_ANSWER_WAIT, ack).await {
             Ok(answer) => answer,
-            Err(_) => return Probe::Silent,
+            Err(_) => return Ok(Probe::Silent),
         },
         Err(err) => Err(err),
     };
     match answer {
-        Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => Probe::Usable,
+        Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => Ok(Probe::Usable),
         // Would mean the server ignored the header; take the message back
         // before any consumer gets it, and say so.
         Ok(ack) => {
             let removed = handle.delete_message(ack.sequence).await;
-            Probe::Fatal(format!(
+            Ok(Probe::Fatal(format!(
                 "the probe on {subject} was stored as {} seq {} (removed: {removed:?})",
                 ack.stream, ack.sequence
-            ))
+            )))
         }
-        Err(err) if server_error_code(&err) == Some(jetstream::ErrorCode::STREAM_NOT_MATCH) => {
-            Probe::Fatal(format!("{subject} belongs to another stream: {err}"))
-        }
-        Err(err) if err.kind() == PublishErrorKind::TimedOut => Probe::Silent,
-        Err(err) => Probe::NotYet(format!("probe publish on {subject}: {err}")),
+        Err(err) if server_error_code(&err) == Some(jetstream::ErrorCode::STREAM_NOT_MATCH) => Ok(
+            Probe::Fatal(format!("{subject} belongs to another stream: {err}")),
+        ),
+        Err(err) if err.kind() == PublishErrorKind::TimedOut => Ok(Probe::Silent),
+        Err(err) => Err(format!("probe publish on {subject}: {err}")),
     }
 }
 
