@@ -83,15 +83,8 @@ where
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let progress_every = progress_interval(&consumer.cached_info().config);
     'pull: loop {
-        if *maintenance.borrow_and_update() {
-            tracing::warn!(worker = %name, "maintenance mode: paused");
-            tokio::select! {
-                _ = stop.cancelled() => break 'pull,
-                _ = maintenance.wait_for(|on| !*on) => {
-                    tracing::info!(worker = %name, "maintenance over: resuming");
-                    continue 'pull;
-                }
-            }
+        if !wait_out_maintenance(&name, &mut maintenance, &stop).await {
+            break 'pull;
         }
         // A free slot first, then every other slot free now: pull that many.
         let mut slots = tokio::select! {
@@ -114,13 +107,8 @@ where
         };
         let mut batch = match pulled {
             Ok(batch) => batch,
-            Err(err) => {
-                tracing::warn!(worker = %name, error = %err, "cannot pull yet; retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => break 'pull,
-                    _ = tokio::time::sleep(PULL_RETRY) => continue 'pull,
-                }
-            }
+            Err(err) if retry_after_refused_pull(&name, &err, &stop).await => continue 'pull,
+            Err(_) => break 'pull,
         };
         // Start each message as it comes. On stop or maintenance, what the
         // pull request already brought is given back and the request is
@@ -235,12 +223,8 @@ where
     let mut maintenance = ctx.maintenance.clone();
     let batch = ctx.concurrency.max(1);
     loop {
-        if *maintenance.borrow_and_update() {
-            tracing::warn!(worker = %name, "maintenance mode: paused");
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = maintenance.wait_for(|on| !*on) => continue,
-            }
+        if !wait_out_maintenance(name, &mut maintenance, stop).await {
+            return;
         }
         let pulled = tokio::select! {
             _ = stop.cancelled() => return,
@@ -248,13 +232,8 @@ where
         };
         let mut pulled = match pulled {
             Ok(pulled) => pulled,
-            Err(err) => {
-                tracing::warn!(worker = %name, error = %err, "cannot pull yet; retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(PULL_RETRY) => continue,
-                }
-            }
+            Err(err) if retry_after_refused_pull(name, &err, stop).await => continue,
+            Err(_) => return,
         };
         let mut messages = Vec::with_capacity(batch);
         while let Some(next) = pulled.next().await {
@@ -292,6 +271,39 @@ where
                 return;
             }
         }
+    }
+}
+
+/// Returns at once while maintenance mode is off; while it is on, waits
+/// until it is off (true) or `stop` fires (false).
+async fn wait_out_maintenance(
+    name: &str,
+    maintenance: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
+) -> bool {
+    while *maintenance.borrow_and_update() {
+        tracing::warn!(worker = name, "maintenance mode: paused");
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = maintenance.wait_for(|on| !*on) => {
+                tracing::info!(worker = name, "maintenance over: resuming");
+            }
+        }
+    }
+    true
+}
+
+/// After the server refused a pull: waits [`PULL_RETRY`] to try again
+/// (true), or returns false if `stop` fires first.
+async fn retry_after_refused_pull(
+    name: &str,
+    err: &(dyn std::fmt::Display + Sync),
+    stop: &CancellationToken,
+) -> bool {
+    tracing::warn!(worker = name, error = %err, "cannot pull yet; retrying");
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(PULL_RETRY) => true,
     }
 }
 

@@ -12,8 +12,8 @@
 //! - [`spawn_service`] starts a service in-process, [`spawn_process`] as a
 //!   child process (for real crashes); both return once it answers
 //!   `$SRV.PING`. [`eventually`] is the one poller tests wait with.
-//! - [`js::r3_kv`] / [`js::r3_stream`] make an R3 bucket or stream and return
-//!   once it is usable from the caller's connection (no retry needed after).
+//! - [`js::r3_kv`] makes an R3 bucket and returns once it is usable from the
+//!   caller's connection (no retry needed after).
 
 mod cluster;
 pub mod js;
