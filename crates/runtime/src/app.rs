@@ -201,11 +201,6 @@ impl<S: Clone + Send + Sync + 'static> Builder<S> {
         self
     }
 
-    /// The connected app (for its client, JetStream context or settings).
-    pub fn app(&self) -> &App {
-        &self.app
-    }
-
     /// A request-reply endpoint: JSON `Req` in, JSON `Resp` or a contract
     /// error out, in the service's queue group.
     pub fn endpoint<Req, Resp, H, Fut>(mut self, name: &str, subject: &str, handler: H) -> Self
