@@ -290,7 +290,7 @@ fn email_notifier() -> Manifest {
 }
 
 fn payment_processor() -> Manifest {
-    let mut m = Manifest::base(
+    Manifest::base(
         services::PAYMENT_PROCESSOR,
         "payment-processor",
         "payments",
@@ -308,19 +308,20 @@ fn payment_processor() -> Manifest {
     )
     .stream(streams::PAYMENTS, Role::Owns)
     .stream(streams::PAYMENTS_DLQ, Role::Owns)
+    .stream(streams::PAYMENTS_ADVISORIES, Role::Owns)
     .stream(streams::EVENTS, Role::Uses)
     .consumer(streams::PAYMENTS, consumers::PAYMENT_PROCESSOR, None)
+    .consumer(
+        streams::PAYMENTS_ADVISORIES,
+        consumers::PAYMENT_ADVISORIES,
+        None,
+    )
     .bucket(buckets::PAYMENTS, Role::Owns)
     // Replays re-queue the original request.
     .js_publish(subjects::PAYMENT_PROCESS)
     .js_publish(subjects::PAYMENT_DLQ)
     .js_publish(subjects::EVENT_PAYMENT_COMPLETED)
-    .js_publish(subjects::EVENT_PAYMENT_FAILED);
-    m.advisories.push(Advisory {
-        subject: subjects::max_deliveries_advisory(streams::PAYMENTS, consumers::PAYMENT_PROCESSOR),
-        queue_group: Some(queue_groups::PAYMENT_PROCESSOR),
-    });
-    m
+    .js_publish(subjects::EVENT_PAYMENT_FAILED)
 }
 
 fn log_worker() -> Manifest {
@@ -467,6 +468,7 @@ mod tests {
         let all_streams = [
             streams::PAYMENTS,
             streams::PAYMENTS_DLQ,
+            streams::PAYMENTS_ADVISORIES,
             streams::EVENTS,
             streams::LOGS,
             streams::STOCKS,

@@ -34,14 +34,16 @@ pub mod queue_groups {
     pub const EMAIL_NOTIFIER: &str = "email-notifier";
     /// Registry instances share the reaper's work through it.
     pub const REGISTRY: &str = "registry";
-    /// Payment processors share MAX_DELIVERIES advisories through it.
-    pub const PAYMENT_PROCESSOR: &str = "payment-processor";
 }
 
 /// JetStream streams.
 pub mod streams {
     pub const PAYMENTS: &str = "PAYMENTS";
     pub const PAYMENTS_DLQ: &str = "PAYMENTS_DLQ";
+    /// Keeps the server's MAX_DELIVERIES advisories for `PAYMENTS` until a
+    /// processor handles them (a core subscription misses those sent while
+    /// no processor runs).
+    pub const PAYMENTS_ADVISORIES: &str = "PAYMENTS_ADVISORIES";
     pub const EVENTS: &str = "EVENTS";
     pub const LOGS: &str = "LOGS";
     pub const STOCKS: &str = "STOCKS";
@@ -52,6 +54,8 @@ pub mod streams {
 /// Durable JetStream consumers.
 pub mod consumers {
     pub const PAYMENT_PROCESSOR: &str = "payment-processor";
+    /// On `PAYMENTS_ADVISORIES`, shared by every payment-processor instance.
+    pub const PAYMENT_ADVISORIES: &str = "payment-advisories";
     pub const LOG_WORKERS: &str = "log-workers";
     pub const EMAIL_RECEIPTS: &str = "email-receipts";
     pub const EMAIL_SENDER: &str = "email-sender";

@@ -93,6 +93,19 @@ pub struct PaymentRecord {
     /// The gateway's reference for the charge.
     #[serde(default)]
     pub charge_id: Option<String>,
+    /// Why a failed payment went to `PAYMENTS_DLQ` (absent: it did not,
+    /// e.g. a rule rejected it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dlq_reason: Option<DlqReason>,
+}
+
+impl PaymentRecord {
+    /// The gateway idempotency key of the current replay: stable for a
+    /// payment and its replay number, so every attempt of one replay asks
+    /// the gateway for the same charge.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}.r{}", self.payment_id, self.replays)
+    }
 }
 
 impl PaymentRecord {
@@ -260,6 +273,7 @@ mod tests {
             updated_at: "2026-11-23T00:00:00Z".into(),
             owner_seq: 3,
             lease_until_ms: 0,
+            dlq_reason: None,
             replays: 0,
             charge_id: Some("ch".into()),
         };

@@ -15,6 +15,13 @@ pub fn now_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the Unix epoch of an RFC 3339 time (`None` if it
+/// does not parse or is before 1970).
+pub fn parse_unix_ms(rfc3339: &str) -> Option<u64> {
+    let at = OffsetDateTime::parse(rfc3339, &Rfc3339).ok()?;
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 pub fn format_rfc3339(at: OffsetDateTime) -> String {
     at.to_offset(time::UtcOffset::UTC)
         .format(&Rfc3339)
@@ -30,5 +37,9 @@ mod tests {
         assert!(
             time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).is_ok()
         );
+        let ms = super::parse_unix_ms(&s).unwrap();
+        assert!(super::now_unix_ms().abs_diff(ms) < 60_000);
+        assert_eq!(super::parse_unix_ms("1970-01-01T00:00:01.5Z"), Some(1_500));
+        assert_eq!(super::parse_unix_ms("yesterday"), None);
     }
 }

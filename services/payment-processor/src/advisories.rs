@@ -1,16 +1,25 @@
-//! The server's word that a payment message was delivered `max_deliver`
-//! times without an ack: it goes to the DLQ and the payment is marked failed.
+//! Payment messages the server stopped delivering. Two ways in, one way
+//! out ([`give_up`]):
+//!
+//! - the server's MAX_DELIVERIES advisory, kept by stream
+//!   `PAYMENTS_ADVISORIES` until a processor handles it (so an advisory
+//!   sent while every processor was down still arrives);
+//! - the sweep, a backstop for advisories that never made it into the
+//!   stream: messages still in `PAYMENTS` that the consumer delivered long
+//!   ago and whose payment has not moved since.
+//!
+//! Either way the payment is finished without a new charge attempt
+//! (completed if its key was charged, else voided and failed with reason
+//! `max_deliveries`), and the message is removed from the work queue.
 
-use crate::dlq::Entry;
 use crate::state::Processor;
-use anyhow::Context as _;
-use async_nats::jetstream::stream;
-use futures::StreamExt as _;
-use protocol::names::{consumers, queue_groups, streams};
-use protocol::payment::DlqReason;
+use crate::worker::{self, Delivery, Outcome};
+use async_nats::jetstream::{self, AckKind, stream};
+use protocol::payment::PaymentStatus;
 use protocol::subjects;
 use serde::Deserialize;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>` body (the part we use).
@@ -20,74 +29,162 @@ struct MaxDeliveries {
     deliveries: u64,
 }
 
-/// Handles the server's word that a message was delivered `max_deliver`
-/// times without an ack (e.g. every processor that got it crashed): DLQ it,
-/// mark the payment failed, and remove it from the work queue. One
-/// instance of the queue group handles each advisory.
-pub(crate) async fn follow(
-    ctx: Arc<Processor>,
-    payments: stream::Stream,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
-    let subject =
-        subjects::max_deliveries_advisory(streams::PAYMENTS, consumers::PAYMENT_PROCESSOR);
-    let mut advisories = ctx
-        .client
-        .queue_subscribe(subject, queue_groups::PAYMENT_PROCESSOR.to_owned())
-        .await
-        .context("subscribing to MAX_DELIVERIES advisories")?;
-    loop {
-        let message = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            message = advisories.next() => message,
-        };
-        let Some(message) = message else {
-            return Ok(());
-        };
-        let Ok(advisory) = serde_json::from_slice::<MaxDeliveries>(&message.payload) else {
-            tracing::warn!("unreadable MAX_DELIVERIES advisory");
-            continue;
-        };
-        if let Err(err) = dead_letter(&ctx, &payments, &advisory).await {
-            tracing::error!(error = %format!("{err:#}"), seq = advisory.stream_seq, "handling a MAX_DELIVERIES advisory");
-        }
-    }
-}
-
-async fn dead_letter(
-    ctx: &Processor,
-    payments: &stream::Stream,
-    advisory: &MaxDeliveries,
-) -> anyhow::Result<()> {
-    let budget = ctx.budget();
-    let Ok(original) = payments.get_raw_message(advisory.stream_seq).await else {
-        // Gone already: acked or termed after all.
-        return Ok(());
+/// Handles one advisory from `PAYMENTS_ADVISORIES`.
+pub(crate) async fn handle(ctx: Arc<Processor>, message: jetstream::Message) {
+    let Ok(advisory) = serde_json::from_slice::<MaxDeliveries>(&message.payload) else {
+        tracing::warn!("unreadable MAX_DELIVERIES advisory dropped");
+        let _ = message.double_ack_with(AckKind::Term).await;
+        return;
     };
-    let decoded = crate::rules::decode(&original.payload).ok();
-    let payment_id = decoded.as_ref().map(|(req, _)| req.payment_id.as_str());
     let error = format!(
         "delivered {} times without being acknowledged",
         advisory.deliveries
     );
-    ctx.dlq
-        .send(
-            Entry {
-                reason: DlqReason::MaxDeliveries,
-                error: &error,
-                payment_id,
-                stream_seq: advisory.stream_seq,
-                deliveries: advisory.deliveries,
-            },
-            original.payload.clone(),
-            budget,
-        )
-        .await?;
-    if let Some(id) = payment_id
-        && let Some(record) = ctx.store.fail_unless_final(id, &error).await?
-    {
-        ctx.publish_event(&record).await?;
+    let reply = match give_up(&ctx, advisory.stream_seq, advisory.deliveries, &error).await {
+        Ok(None) => message.double_ack().await,
+        Ok(Some(retry_in)) => message.ack_with(AckKind::Nak(Some(retry_in))).await,
+        Err(err) => {
+            tracing::error!(seq = advisory.stream_seq, error = %format!("{err:#}"), "handling a MAX_DELIVERIES advisory; it will be redelivered");
+            message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await
+        }
+    };
+    if let Err(err) = reply {
+        tracing::warn!(error = %err, "could not acknowledge an advisory; it will be redelivered");
     }
-    let _ = payments.delete_message(advisory.stream_seq).await;
+}
+
+/// Finishes the payment of `PAYMENTS` message `seq` without charging and
+/// removes the message. `Some(delay)`: not now (a live claim holds it).
+async fn give_up(
+    ctx: &Processor,
+    seq: u64,
+    deliveries: u64,
+    error: &str,
+) -> anyhow::Result<Option<Duration>> {
+    let budget = ctx.budget();
+    let original = runtime::js::retry("reading a payment message", budget, || async {
+        match ctx.payments.get_raw_message(seq).await {
+            Ok(message) => Ok(Some(message)),
+            Err(err) if err.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    })
+    .await?;
+    let Some(original) = original else {
+        // Gone already: acked or termed after all.
+        return Ok(None);
+    };
+    let delivery = Delivery {
+        body: &original.payload,
+        seq,
+        deliveries,
+        replay: worker::replay_of(Some(&original.headers)),
+    };
+    match worker::settle(ctx, &delivery, Some(error)).await? {
+        Outcome::Nak(retry_in) => return Ok(Some(retry_in)),
+        // Taken over: look again later (it will be final, or live).
+        Outcome::Leave => return Ok(Some(ctx.lease().hold)),
+        Outcome::Ack | Outcome::Term => {}
+    }
+    runtime::js::retry("removing a payment message", budget, || async {
+        match ctx.payments.delete_message(seq).await {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err.to_string().contains("no message found")
+                    || err.to_string().contains("10057") =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    })
+    .await?;
+    Ok(None)
+}
+
+/// Every `sweep_interval_ms` (and at start): payment messages the consumer
+/// delivered, older than `stuck_after_ms`, whose payment is not final and
+/// has not changed for that long, are given up; messages of final
+/// payments left behind (their ack was lost after the last delivery) are
+/// removed after their event is made sure of.
+pub(crate) async fn sweep(ctx: Arc<Processor>, stop: CancellationToken) -> anyhow::Result<()> {
+    let every = Duration::from_millis(ctx.settings.sweep_interval_ms);
+    loop {
+        if let Err(err) = sweep_once(&ctx, &stop).await {
+            tracing::warn!(error = %format!("{err:#}"), "payment sweep failed; trying again later");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Messages looked at per sweep, at most.
+const SWEEP_LIMIT: usize = 10_000;
+
+async fn sweep_once(ctx: &Processor, stop: &CancellationToken) -> anyhow::Result<()> {
+    let mut consumer = ctx.consumer.clone();
+    let delivered = consumer.info().await?.delivered.stream_sequence;
+    let stuck_after = ctx.settings.stuck_after_ms;
+    let now = runtime::time::now_unix_ms();
+    let mut next = 1;
+    let mut looked = 0;
+    while next <= delivered && looked < SWEEP_LIMIT && !stop.is_cancelled() {
+        let message = match ctx
+            .payments
+            .direct_get_next_for_subject(subjects::PAYMENT_PROCESS, Some(next))
+            .await
+        {
+            Ok(message) => message,
+            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => break,
+            Err(err) => return Err(err.into()),
+        };
+        let seq = message.sequence;
+        if seq > delivered {
+            break;
+        }
+        next = seq + 1;
+        looked += 1;
+        let published_ms =
+            u64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        if now.saturating_sub(published_ms) < stuck_after {
+            // Newer messages are newer still.
+            break;
+        }
+        let Ok((req, _)) = crate::rules::decode(&message.payload) else {
+            // Never decoded: the advisory or a delivery will DLQ it.
+            continue;
+        };
+        let moved_recently = match ctx.store.get(&req.payment_id).await? {
+            Some((record, _)) => {
+                let changed = runtime::time::parse_unix_ms(&record.updated_at).unwrap_or(now);
+                !record.status.is_final()
+                    && (record.status == PaymentStatus::Processing
+                        && record
+                            .lease_until_ms
+                            .saturating_add(ctx.settings.clock_margin_ms)
+                            > now
+                        || now.saturating_sub(changed) < stuck_after)
+            }
+            None => false,
+        };
+        if moved_recently {
+            continue;
+        }
+        tracing::warn!(seq, payment_id = %req.payment_id, "sweep: payment message no longer delivered; finishing it");
+        if let Some(retry_in) = give_up(
+            ctx,
+            seq,
+            0,
+            "the server stopped delivering it (found by the sweep)",
+        )
+        .await?
+        {
+            tracing::info!(seq, ?retry_in, "sweep: payment still claimed; next sweep");
+        }
+    }
     Ok(())
 }

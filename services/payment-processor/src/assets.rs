@@ -11,6 +11,8 @@ use std::time::Duration;
 pub(crate) struct Assets {
     pub(crate) payments: stream::Stream,
     pub(crate) consumer: consumer::PullConsumer,
+    /// MAX_DELIVERIES advisories of `consumer`, kept in a stream.
+    pub(crate) advisories: consumer::PullConsumer,
     pub(crate) kv: kv::Store,
 }
 
@@ -50,6 +52,28 @@ pub(crate) async fn ensure(
         true,
     )
     .await?;
+    // The server publishes a MAX_DELIVERIES advisory whether or not anyone
+    // listens; this stream keeps it until a processor has handled it.
+    let advisories = ensure_stream(
+        js,
+        stream::Config {
+            name: streams::PAYMENTS_ADVISORIES.into(),
+            description: Some(
+                "MAX_DELIVERIES advisories of the payment-processor consumer (work queue)".into(),
+            ),
+            subjects: vec![subjects::max_deliveries_advisory(
+                streams::PAYMENTS,
+                consumers::PAYMENT_PROCESSOR,
+            )],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            ..Default::default()
+        },
+        true,
+    )
+    .await?;
     // Shared with other publishers of events: created if missing, not changed.
     ensure_stream(
         js,
@@ -69,17 +93,15 @@ pub(crate) async fn ensure(
         },
     )
     .await?;
+    // A fixed ack wait and no server backoff list: redelivery happens only
+    // when a process stops sending progress acks for that long; retries
+    // after a failed charge are spaced by the processor's NAK delays.
     let config = consumer::pull::Config {
         durable_name: Some(consumers::PAYMENT_PROCESSOR.into()),
         description: Some("Shared by every payment-processor instance".into()),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_millis(settings.ack_wait_ms),
         max_deliver: i64::from(settings.max_deliver),
-        backoff: settings
-            .backoff_ms
-            .iter()
-            .map(|ms| Duration::from_millis(*ms))
-            .collect(),
         max_ack_pending: 10_000,
         ..Default::default()
     };
@@ -89,9 +111,23 @@ pub(crate) async fn ensure(
         || payments.create_consumer(config.clone()),
     )
     .await?;
+    let config = consumer::pull::Config {
+        durable_name: Some(consumers::PAYMENT_ADVISORIES.into()),
+        description: Some("MAX_DELIVERIES advisories, shared by every payment-processor".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_millis(settings.ack_wait_ms),
+        ..Default::default()
+    };
+    let advisories = retry(
+        "creating the payment-advisories consumer",
+        Duration::from_secs(30),
+        || advisories.create_consumer(config.clone()),
+    )
+    .await?;
     Ok(Assets {
         payments,
         consumer,
+        advisories,
         kv,
     })
 }

@@ -2,8 +2,10 @@
 
 use crate::state::Processor;
 use async_nats::HeaderMap;
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use protocol::payment::{
-    PaymentIdRequest, PaymentStatus, REPLAY_HEADER, ReplayReply, StatusReply, valid_payment_id,
+    PaymentIdRequest, PaymentRecord, PaymentStatus, REPLAY_HEADER, ReplayReply, StatusReply,
+    valid_payment_id,
 };
 use protocol::{ErrorCode, ServiceError, subjects};
 use std::sync::Arc;
@@ -68,13 +70,15 @@ pub(crate) async fn replay(
             ));
         }
         other => {
-            return Err(ServiceError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "payment {:?} is still {other}; replay it once it has failed",
-                    req.payment_id
-                ),
-            ));
+            if !stuck(&ctx, &record).await.map_err(unavailable)? {
+                return Err(ServiceError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "payment {:?} is still {other} and its message is queued; replay it once it has failed",
+                        req.payment_id
+                    ),
+                ));
+            }
         }
     }
     let n = record.replays + 1;
@@ -97,7 +101,9 @@ pub(crate) async fn replay(
     .map_err(unavailable)?;
     if !ctx
         .store
-        .mark_replayed(&record.payment_id, n)
+        .mark_replayed(&record.payment_id, n, |rec| {
+            rec.status == PaymentStatus::Failed || !claim_live(&ctx, rec)
+        })
         .await
         .map_err(unavailable)?
     {
@@ -114,4 +120,27 @@ pub(crate) async fn replay(
         status: PaymentStatus::Pending,
         replay: n,
     })
+}
+
+/// Whether a claim on `record` may still be in use (its lease, plus the
+/// clock margin, has not run out).
+fn claim_live(ctx: &Processor, record: &PaymentRecord) -> bool {
+    record.status == PaymentStatus::Processing
+        && record
+            .lease_until_ms
+            .saturating_add(ctx.settings.clock_margin_ms)
+            > runtime::time::now_unix_ms()
+}
+
+/// A payment that is neither final nor going anywhere: no live claim, and
+/// the message that owned it is no longer in `PAYMENTS`.
+async fn stuck(ctx: &Processor, record: &PaymentRecord) -> anyhow::Result<bool> {
+    if claim_live(ctx, record) || record.owner_seq == 0 {
+        return Ok(false);
+    }
+    match ctx.payments.get_raw_message(record.owner_seq).await {
+        Ok(_) => Ok(false),
+        Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => Ok(true),
+        Err(err) => Err(err.into()),
+    }
 }

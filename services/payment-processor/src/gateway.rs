@@ -1,28 +1,46 @@
-//! Charging money happens behind [`Gateway`]. The built-in [`Simulator`]
-//! has configurable latency and failure rate (so retries are real) and is
-//! idempotent by payment id, as real gateways are with an idempotency key.
+//! Charging money happens behind [`Gateway`], shaped like a real provider's
+//! idempotency-key API: a charge names an idempotency key, and the same key
+//! always gives the same charge; a key can be voided first, after which it
+//! never charges. The built-in [`Simulator`] has configurable latency and
+//! failure rate (so retries are real). Its memory of keys is its ledger
+//! file, read and appended under an exclusive file lock, so every process
+//! that shares the file (two processors on one host, or containers sharing
+//! a volume) sees the same charges; the file is also the audit trail of
+//! every charge actually made.
 
 use futures::future::BoxFuture;
 use rand::Rng as _;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::Write as _;
+use std::fs::File;
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// One charge: `payment_id` is the idempotency key.
+/// One charge. `idempotency_key` names it at the gateway: the same key
+/// never moves money twice.
 #[derive(Debug, Clone)]
 pub struct Charge {
+    pub idempotency_key: String,
     pub payment_id: String,
     pub user_id: String,
     pub amount: Decimal,
     pub currency: String,
 }
 
-/// A transient failure: the charge may succeed if tried again.
+/// What voiding a key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Void {
+    /// No charge was made with the key, and none ever will be.
+    Voided,
+    /// The key was charged already: this is the charge.
+    AlreadyCharged(String),
+}
+
+/// A transient failure: the call may succeed if tried again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayError(pub String);
 
@@ -32,9 +50,13 @@ impl std::fmt::Display for GatewayError {
     }
 }
 
-/// Something that moves money. Returns the charge's reference.
+/// Something that moves money.
 pub trait Gateway: Send + Sync + std::fmt::Debug {
+    /// Charges once per idempotency key; returns the charge's reference
+    /// (the existing one for a key charged before). A voided key fails.
     fn charge<'a>(&'a self, charge: &'a Charge) -> BoxFuture<'a, Result<String, GatewayError>>;
+    /// Makes sure `key` never charges, or says which charge it made.
+    fn void<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Void, GatewayError>>;
 }
 
 /// `[payments.gateway]` settings of the simulator.
@@ -47,10 +69,12 @@ pub struct SimulatorSettings {
     pub jitter_ms: u64,
     /// Chance (0.0 to 1.0) that a charge fails transiently.
     pub failure_rate: f64,
-    /// Fail the first N attempts of every payment (deterministic retries).
+    /// Fail the first N attempts of every key (deterministic retries).
     pub fail_first_attempts: u32,
-    /// Append every new charge as a JSON line here (an audit trail that
-    /// shows double charges across processes).
+    /// The simulator's memory and audit trail: one JSON line per charge
+    /// made (`"kind":"charge"`) or key voided (`"kind":"void"`), shared by
+    /// every process that names the same file. Unset: memory of this
+    /// process only (a second process would charge a key again).
     pub ledger_file: Option<PathBuf>,
 }
 
@@ -61,8 +85,127 @@ impl Default for SimulatorSettings {
             jitter_ms: 3,
             failure_rate: 0.0,
             fail_first_attempts: 0,
-            ledger_file: None,
+            ledger_file: Some(PathBuf::from(".switchyard/gateway-ledger.jsonl")),
         }
+    }
+}
+
+/// One line of the ledger.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LedgerLine {
+    /// `charge` or `void`.
+    pub kind: String,
+    pub key: String,
+    pub payment_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charge_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    pub pid: u32,
+    pub at: String,
+}
+
+/// What the gateway knows of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyState {
+    Charged(String),
+    Voided,
+}
+
+/// The keys seen so far and how much of the ledger file they cover.
+#[derive(Debug, Default)]
+struct Book {
+    keys: HashMap<String, KeyState>,
+    /// Bytes of the ledger already read into `keys`.
+    read_to: u64,
+}
+
+impl Book {
+    fn learn(&mut self, line: &LedgerLine) {
+        let state = match (line.kind.as_str(), &line.charge_id) {
+            ("charge", Some(id)) => KeyState::Charged(id.clone()),
+            ("void", _) => KeyState::Voided,
+            _ => return,
+        };
+        // The first word on a key is the one that counts.
+        self.keys.entry(line.key.clone()).or_insert(state);
+    }
+
+    /// Reads what other processes appended since the last look. A last
+    /// line without its newline was torn by a writer that died holding the
+    /// lock (its caller never got an answer): it is cut off.
+    fn catch_up(&mut self, file: &mut File) -> std::io::Result<()> {
+        let len = file.metadata()?.len();
+        if len < self.read_to {
+            // Replaced or truncated by hand: read it all again.
+            *self = Self::default();
+        }
+        if len == self.read_to {
+            return Ok(());
+        }
+        file.seek(SeekFrom::Start(self.read_to))?;
+        let mut text = Vec::new();
+        file.take(len - self.read_to).read_to_end(&mut text)?;
+        let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        for line in text[..whole].split(|b| *b == b'\n') {
+            if let Ok(line) = serde_json::from_slice::<LedgerLine>(line) {
+                self.learn(&line);
+            }
+        }
+        self.read_to += whole as u64;
+        if whole < text.len() {
+            tracing::warn!(
+                bytes = text.len() - whole,
+                "gateway ledger ends in a torn line; cutting it off"
+            );
+            file.set_len(self.read_to)?;
+        }
+        Ok(())
+    }
+}
+
+/// The book and, when there is one, the file it is kept in.
+#[derive(Debug)]
+struct Ledger {
+    book: Book,
+    file: Option<File>,
+}
+
+impl Ledger {
+    /// Looks at the up-to-date book under the file's exclusive lock and
+    /// appends (and fsyncs) the line `decide` returns before the lock goes.
+    fn transact<R>(
+        &mut self,
+        decide: impl FnOnce(&Book) -> (Option<LedgerLine>, R),
+    ) -> std::io::Result<R> {
+        let Self { book, file } = self;
+        let Some(file) = file else {
+            let (line, result) = decide(book);
+            if let Some(line) = line {
+                book.learn(&line);
+            }
+            return Ok(result);
+        };
+        file.lock()?;
+        let done = (|| -> std::io::Result<R> {
+            book.catch_up(file)?;
+            let (line, result) = decide(book);
+            if let Some(line) = line {
+                let mut text = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
+                text.push(b'\n');
+                file.write_all(&text)?;
+                file.sync_data()?;
+                book.read_to += text.len() as u64;
+                book.learn(&line);
+            }
+            Ok(result)
+        })();
+        let unlocked = file.unlock();
+        let result = done?;
+        unlocked?;
+        Ok(result)
     }
 }
 
@@ -75,9 +218,8 @@ pub struct Simulator {
     failure_ppm: AtomicU32,
     fail_first: AtomicU32,
     attempts: Mutex<HashMap<String, u32>>,
-    charges: Mutex<HashMap<String, String>>,
     effects: AtomicU64,
-    ledger: Option<Mutex<std::fs::File>>,
+    ledger: std::sync::Arc<Mutex<Ledger>>,
 }
 
 impl Simulator {
@@ -87,30 +229,32 @@ impl Simulator {
             "payments.gateway.failure_rate must be between 0 and 1, not {}",
             settings.failure_rate
         );
-        // The ledger is also the simulator's memory of what it charged, as a
-        // real gateway's idempotency store would be: a restarted process
-        // does not charge a payment again.
-        let mut known = HashMap::new();
-        let ledger = match &settings.ledger_file {
+        let file = match &settings.ledger_file {
             Some(path) => {
-                if let Ok(text) = std::fs::read_to_string(path) {
-                    for line in text.lines() {
-                        if let Ok(entry) = serde_json::from_str::<serde_json::Value>(line)
-                            && let (Some(p), Some(c)) =
-                                (entry["payment_id"].as_str(), entry["charge_id"].as_str())
-                        {
-                            known.insert(p.to_owned(), c.to_owned());
-                        }
-                    }
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        anyhow::anyhow!(
+                            "creating the gateway ledger's folder {}: {e}",
+                            dir.display()
+                        )
+                    })?;
                 }
-                Some(Mutex::new(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)?,
-                ))
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .create(true)
+                    .open(path)
+                    .map_err(|e| {
+                        anyhow::anyhow!("opening the gateway ledger {}: {e}", path.display())
+                    })?;
+                Some(file)
             }
-            None => None,
+            None => {
+                tracing::warn!(
+                    "payments.gateway.ledger_file is not set: the simulator remembers charges in this process only"
+                );
+                None
+            }
         };
         let sim = Self {
             latency: Duration::from_millis(settings.latency_ms),
@@ -118,9 +262,11 @@ impl Simulator {
             failure_ppm: AtomicU32::new(0),
             fail_first: AtomicU32::new(settings.fail_first_attempts),
             attempts: Mutex::default(),
-            charges: Mutex::new(known),
             effects: AtomicU64::new(0),
-            ledger,
+            ledger: std::sync::Arc::new(Mutex::new(Ledger {
+                book: Book::default(),
+                file,
+            })),
         };
         sim.set_failure_rate(settings.failure_rate);
         Ok(sim)
@@ -135,23 +281,52 @@ impl Simulator {
         self.fail_first.store(n, Ordering::Relaxed);
     }
 
-    /// Charges that moved money (a repeated charge of a payment is not one).
+    /// Charges this process made that moved money (a repeated key is not one).
     pub fn effects(&self) -> u64 {
         self.effects.load(Ordering::Relaxed)
     }
 
-    /// How many times `payment_id` was tried.
-    pub fn attempts(&self, payment_id: &str) -> u32 {
+    /// How many times this process was asked to charge `key`.
+    pub fn attempts(&self, key: &str) -> u32 {
         self.attempts
             .lock()
-            .map(|a| a.get(payment_id).copied().unwrap_or(0))
+            .map(|a| a.get(key).copied().unwrap_or(0))
             .unwrap_or(0)
     }
 
-    fn outcome(&self, charge: &Charge) -> Result<String, GatewayError> {
+    async fn wait(&self) {
+        let jitter = if self.jitter_ms > 0 {
+            rand::rng().random_range(0..=self.jitter_ms)
+        } else {
+            0
+        };
+        let wait = self.latency + Duration::from_millis(jitter);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Runs a ledger transaction off the async threads (it may wait for
+    /// another process's lock and fsyncs).
+    async fn transact<R: Send + 'static>(
+        &self,
+        decide: impl FnOnce(&Book) -> (Option<LedgerLine>, R) + Send + 'static,
+    ) -> Result<R, GatewayError> {
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut ledger = ledger.lock().map_err(|_| poisoned())?;
+            ledger
+                .transact(decide)
+                .map_err(|e| GatewayError(format!("gateway ledger: {e}")))
+        })
+        .await
+        .map_err(|e| GatewayError(format!("gateway ledger task: {e}")))?
+    }
+
+    fn simulated_failure(&self, key: &str) -> Result<(), GatewayError> {
         let attempt = {
             let mut attempts = self.attempts.lock().map_err(|_| poisoned())?;
-            let n = attempts.entry(charge.payment_id.clone()).or_insert(0);
+            let n = attempts.entry(key.to_owned()).or_insert(0);
             *n += 1;
             *n
         };
@@ -164,26 +339,7 @@ impl Simulator {
         if ppm > 0 && rand::rng().random_range(0..1_000_000) < ppm {
             return Err(GatewayError("simulated gateway error".into()));
         }
-        let mut charges = self.charges.lock().map_err(|_| poisoned())?;
-        if let Some(existing) = charges.get(&charge.payment_id) {
-            return Ok(existing.clone());
-        }
-        let id = format!("ch_{}", rand::rng().random::<u64>());
-        charges.insert(charge.payment_id.clone(), id.clone());
-        self.effects.fetch_add(1, Ordering::Relaxed);
-        if let Some(ledger) = &self.ledger {
-            let line = serde_json::json!({
-                "payment_id": charge.payment_id,
-                "charge_id": id,
-                "amount": charge.amount.to_string(),
-                "currency": charge.currency,
-                "pid": std::process::id(),
-            });
-            if let Ok(mut file) = ledger.lock() {
-                let _ = writeln!(file, "{line}");
-            }
-        }
-        Ok(id)
+        Ok(())
     }
 }
 
@@ -194,57 +350,117 @@ fn poisoned() -> GatewayError {
 impl Gateway for Simulator {
     fn charge<'a>(&'a self, charge: &'a Charge) -> BoxFuture<'a, Result<String, GatewayError>> {
         Box::pin(async move {
-            let jitter = if self.jitter_ms > 0 {
-                rand::rng().random_range(0..=self.jitter_ms)
-            } else {
-                0
+            self.wait().await;
+            self.simulated_failure(&charge.idempotency_key)?;
+            let new_id = format!("ch_{:016x}", rand::rng().random::<u64>());
+            let line = LedgerLine {
+                kind: "charge".into(),
+                key: charge.idempotency_key.clone(),
+                payment_id: charge.payment_id.clone(),
+                charge_id: Some(new_id.clone()),
+                amount: Some(charge.amount.to_string()),
+                currency: Some(charge.currency.clone()),
+                pid: std::process::id(),
+                at: runtime::time::now_rfc3339(),
             };
-            let wait = self.latency + Duration::from_millis(jitter);
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
+            let (result, made) = self
+                .transact(move |book| match book.keys.get(&line.key) {
+                    Some(KeyState::Charged(id)) => (None, (Ok(id.clone()), false)),
+                    Some(KeyState::Voided) => (
+                        None,
+                        (
+                            Err(GatewayError(format!(
+                                "idempotency key {} was voided; it cannot charge",
+                                line.key
+                            ))),
+                            false,
+                        ),
+                    ),
+                    None => (Some(line), (Ok(new_id), true)),
+                })
+                .await?;
+            if made {
+                self.effects.fetch_add(1, Ordering::Relaxed);
             }
-            self.outcome(charge)
+            result
         })
     }
+
+    fn void<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Void, GatewayError>> {
+        Box::pin(async move {
+            self.wait().await;
+            let payment_id = key.rsplit_once(".r").map_or(key, |(p, _)| p).to_owned();
+            let line = LedgerLine {
+                kind: "void".into(),
+                key: key.to_owned(),
+                payment_id,
+                charge_id: None,
+                amount: None,
+                currency: None,
+                pid: std::process::id(),
+                at: runtime::time::now_rfc3339(),
+            };
+            self.transact(move |book| match book.keys.get(&line.key) {
+                Some(KeyState::Charged(id)) => (None, Void::AlreadyCharged(id.clone())),
+                Some(KeyState::Voided) => (None, Void::Voided),
+                None => (Some(line), Void::Voided),
+            })
+            .await
+        })
+    }
+}
+
+/// Reads a ledger file: the charges made, in order.
+pub fn read_charges(path: &std::path::Path) -> std::io::Result<Vec<LedgerLine>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<LedgerLine>(l).ok())
+        .filter(|l| l.kind == "charge")
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn charge(id: &str) -> Charge {
+    fn charge(key: &str) -> Charge {
         Charge {
-            payment_id: id.into(),
+            idempotency_key: key.into(),
+            payment_id: key.split('.').next().unwrap_or(key).into(),
             user_id: "u".into(),
             amount: Decimal::ONE,
             currency: "USD".into(),
         }
     }
 
-    fn quiet() -> SimulatorSettings {
+    fn quiet(ledger: Option<PathBuf>) -> SimulatorSettings {
         SimulatorSettings {
             latency_ms: 0,
             jitter_ms: 0,
+            ledger_file: ledger,
             ..Default::default()
         }
     }
 
     #[tokio::test]
-    async fn idempotent_by_payment_id() {
-        let sim = Simulator::new(&quiet()).unwrap();
-        let a = sim.charge(&charge("p1")).await.unwrap();
-        let b = sim.charge(&charge("p1")).await.unwrap();
+    async fn idempotent_by_key() {
+        let sim = Simulator::new(&quiet(None)).unwrap();
+        let a = sim.charge(&charge("p1.r0")).await.unwrap();
+        let b = sim.charge(&charge("p1.r0")).await.unwrap();
         assert_eq!(a, b);
-        sim.charge(&charge("p2")).await.unwrap();
-        assert_eq!(sim.effects(), 2);
-        assert_eq!(sim.attempts("p1"), 2);
+        let c = sim.charge(&charge("p1.r1")).await.unwrap();
+        assert_ne!(a, c, "a replay is a new key");
+        sim.charge(&charge("p2.r0")).await.unwrap();
+        assert_eq!(sim.effects(), 3);
+        assert_eq!(sim.attempts("p1.r0"), 2);
     }
 
     #[tokio::test]
     async fn fails_first_attempts_then_succeeds() {
         let sim = Simulator::new(&SimulatorSettings {
             fail_first_attempts: 2,
-            ..quiet()
+            ..quiet(None)
         })
         .unwrap();
         assert!(sim.charge(&charge("p")).await.is_err());
@@ -255,9 +471,77 @@ mod tests {
         assert!(
             Simulator::new(&SimulatorSettings {
                 failure_rate: 2.0,
-                ..quiet()
+                ..quiet(None)
             })
             .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn a_voided_key_never_charges_and_a_charged_one_cannot_be_voided() {
+        let sim = Simulator::new(&quiet(None)).unwrap();
+        assert_eq!(sim.void("p1.r0").await.unwrap(), Void::Voided);
+        assert!(sim.charge(&charge("p1.r0")).await.is_err());
+        let id = sim.charge(&charge("p2.r0")).await.unwrap();
+        assert_eq!(sim.void("p2.r0").await.unwrap(), Void::AlreadyCharged(id));
+        assert_eq!(sim.effects(), 1);
+    }
+
+    #[tokio::test]
+    async fn two_simulators_sharing_a_ledger_charge_a_key_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/ledger.jsonl");
+        let a = Simulator::new(&quiet(Some(path.clone()))).unwrap();
+        let b = Simulator::new(&quiet(Some(path.clone()))).unwrap();
+        let ids = futures::future::join_all(
+            (0..20)
+                .flat_map(|i| {
+                    let key = format!("p{}.r0", i % 5);
+                    [(0, key.clone()), (1, key)]
+                })
+                .map(|(who, key)| {
+                    let sim = if who == 0 { &a } else { &b };
+                    async move { (key.clone(), sim.charge(&charge(&key)).await.unwrap()) }
+                }),
+        )
+        .await;
+        let mut by_key: HashMap<String, String> = HashMap::new();
+        for (key, id) in ids {
+            assert_eq!(by_key.entry(key).or_insert_with(|| id.clone()), &id);
+        }
+        assert_eq!(read_charges(&path).unwrap().len(), 5);
+        assert_eq!(a.effects() + b.effects(), 5);
+        // A third process (a restart) knows them too, and voids nothing charged.
+        let c = Simulator::new(&quiet(Some(path.clone()))).unwrap();
+        assert_eq!(
+            c.void("p0.r0").await.unwrap(),
+            Void::AlreadyCharged(by_key["p0.r0"].clone())
+        );
+        assert_eq!(c.void("p9.r0").await.unwrap(), Void::Voided);
+        assert!(
+            a.charge(&charge("p9.r0")).await.is_err(),
+            "voided by another process"
+        );
+        assert_eq!(read_charges(&path).unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let a = Simulator::new(&quiet(Some(path.clone()))).unwrap();
+        let id = a.charge(&charge("p1.r0")).await.unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(br#"{"kind":"charge","key":"p2.r0","payment_id":"p2","cha"#)
+            .unwrap();
+        let b = Simulator::new(&quiet(Some(path.clone()))).unwrap();
+        assert_eq!(b.charge(&charge("p1.r0")).await.unwrap(), id);
+        b.charge(&charge("p2.r0")).await.unwrap();
+        let charges = read_charges(&path).unwrap();
+        assert_eq!(charges.len(), 2, "{charges:?}");
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with('\n'));
     }
 }

@@ -3,16 +3,19 @@
 //!
 //! ```text
 //! publish (Nats-Msg-Id = payment_id) ─▶ PAYMENTS (R3, work queue, dedup 2 min)
-//!   ─▶ durable pull consumer `payment-processor` (shared by N instances)
-//!       decode ──invalid──▶ PAYMENTS_DLQ (invalid_message), ack
-//!       claim in KV `payments` (create / update with expected revision)
-//!         ├─ already final ─▶ ack (a duplicate: no second effect)
+//!   ─▶ durable pull consumer `payment-processor` (shared by N instances;
+//!      fixed ack wait, progress acks while a payment runs)
+//!       claim in KV `payments` (create / update at the read revision: the fencing token)
+//!         ├─ final ─▶ ack (a duplicate: no second effect)
+//!         ├─ claimed by a live delivery ─▶ nak until its lease runs out
 //!         └─ claimed ─▶ rules ──reject──▶ failed + event, term
-//!                       gateway.charge (idempotent by payment_id)
-//!                         ├─ ok ─▶ completed in KV ─▶ events.payment.completed ─▶ ack
-//!                         └─ error ─▶ pending + nak(backoff) … last delivery:
-//!                                     PAYMENTS_DLQ (gateway_failed), failed + event, term
-//! MAX_DELIVERIES advisory (server gave up) ─▶ PAYMENTS_DLQ (max_deliveries), failed
+//!                       gateway.charge(idempotency key = <payment_id>.r<replay>)
+//!                         ├─ ok ─▶ completed (CAS) ─▶ events.payment.completed ─▶ ack
+//!                         └─ error ─▶ pending (CAS) + nak(backoff) … attempt max_attempts:
+//!                                     void the key, failed + PAYMENTS_DLQ + event, term
+//! MAX_DELIVERIES advisory ─▶ PAYMENTS_ADVISORIES ─▶ consumer `payment-advisories`
+//!   ─▶ void the key, failed (max_deliveries) + DLQ + event, message removed
+//! sweep (start-up and every minute): messages the server stopped delivering, the same way
 //! ```
 //! `services.payment.status` and `services.payment.replay` are micro endpoints.
 
@@ -38,6 +41,9 @@ use std::sync::Arc;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 const DESCRIPTION: &str = "Durable payments on JetStream, applied exactly once";
 
+/// Advisories handled at once by this instance.
+const ADVISORY_CONCURRENCY: usize = 4;
+
 /// Runs the processor with the built-in gateway simulator.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let payments: PaymentSettings = settings.section("payments")?;
@@ -62,9 +68,13 @@ pub async fn run_with_gateway(
         .endpoint("status", subjects::PAYMENT_STATUS, endpoints::status)
         .endpoint("replay", subjects::PAYMENT_REPLAY, endpoints::replay)
         .pull_worker("payments", assets.consumer, concurrency, worker::process)
-        .task("max-deliveries advisories", move |state, stop| {
-            advisories::follow(state, assets.payments, stop)
-        })
+        .pull_worker(
+            "max-deliveries advisories",
+            assets.advisories,
+            ADVISORY_CONCURRENCY,
+            advisories::handle,
+        )
+        .task("sweep", advisories::sweep)
         .serve()
         .await
 }

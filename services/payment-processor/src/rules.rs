@@ -1,6 +1,8 @@
 //! Validation and business rules: pure, so every rule is unit-tested.
 
-use protocol::payment::{PaymentRequest, valid_payment_id};
+use protocol::payment::{
+    DlqReason, PaymentRecord, PaymentRequest, PaymentStatus, valid_payment_id,
+};
 use rust_decimal::Decimal;
 use std::str::FromStr as _;
 
@@ -23,6 +25,43 @@ pub fn decode(body: &[u8]) -> Result<(PaymentRequest, Decimal), Invalid> {
     let amount = Decimal::from_str(req.amount.trim())
         .map_err(|_| Invalid(format!("amount {:?} is not a decimal number", req.amount)))?;
     Ok((req, amount))
+}
+
+/// The payment id of a message that did not decode, if it has a usable one.
+pub fn readable_id(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let id = value.get("payment_id")?.as_str()?;
+    valid_payment_id(id).then(|| id.to_owned())
+}
+
+/// The `failed` record of an invalid message whose id is readable: the
+/// fields it has, as text, and reason `invalid_message: <why>`.
+pub fn invalid_record(body: &[u8], seq: u64, why: &str) -> Option<PaymentRecord> {
+    let payment_id = readable_id(body)?;
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let text = |field: &str| match value.get(field) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    };
+    let optional = |field: &str| value.get(field).and_then(|v| v.as_str()).map(str::to_owned);
+    Some(PaymentRecord {
+        payment_id,
+        user_id: text("user_id"),
+        subscription_id: optional("subscription_id"),
+        amount: text("amount"),
+        currency: text("currency"),
+        email: optional("email"),
+        status: PaymentStatus::Failed,
+        attempts: 0,
+        reason: Some(format!("{}: {why}", DlqReason::InvalidMessage.as_str())),
+        updated_at: runtime::time::now_rfc3339(),
+        owner_seq: seq,
+        lease_until_ms: 0,
+        replays: 0,
+        charge_id: None,
+        dlq_reason: Some(DlqReason::InvalidMessage),
+    })
 }
 
 /// The processor's rules: a positive amount within the limit, a known currency.
@@ -109,6 +148,27 @@ mod tests {
             br#"{"payment_id":"p","user_id":"u","amount":10,"currency":"USD"}"#,
         ] {
             assert!(decode(body).is_err(), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn invalid_messages_with_a_readable_id_get_a_failed_record() {
+        let body = br#"{"payment_id":"pay-001","amount":99.99}"#;
+        let why = decode(body).unwrap_err().0;
+        let record = invalid_record(body, 7, &why).unwrap();
+        assert_eq!(record.payment_id, "pay-001");
+        assert_eq!(record.amount, "99.99");
+        assert_eq!(record.status, PaymentStatus::Failed);
+        assert_eq!(record.owner_seq, 7);
+        assert!(record.reason.unwrap().starts_with("invalid_message: "));
+        for body in [
+            &b"not json"[..],
+            br#"{"payment_id":"p.1"}"#,
+            br#"{"payment_id":5}"#,
+            b"[]",
+        ] {
+            assert_eq!(invalid_record(body, 1, "x"), None);
+            assert_eq!(readable_id(body), None);
         }
     }
 }

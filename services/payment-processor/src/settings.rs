@@ -16,14 +16,31 @@ pub struct PaymentSettings {
     pub limit: String,
     /// Accepted currency codes.
     pub currencies: Vec<String>,
-    /// Deliveries of one message before it goes to the DLQ.
+    /// Gateway attempts per payment (and per replay). The attempt after the
+    /// last does no work: the payment is failed (after voiding its key at
+    /// the gateway) and dead-lettered.
+    pub max_attempts: u32,
+    /// The consumer's `max_deliver`: the server's own cap, a backstop above
+    /// `max_attempts` (deliveries also go to waiting out another instance's
+    /// claim). Must be greater than `max_attempts`.
     pub max_deliver: u32,
-    /// How long a delivered message may go unacknowledged (progress acks
-    /// extend it while a charge is running).
+    /// How long a delivered message may go unacknowledged. Fixed (no server
+    /// backoff list): progress acks every third of it keep a running
+    /// payment's message, so only a process stalled or gone for about this
+    /// long lets the message be redelivered.
     pub ack_wait_ms: u64,
-    /// Redelivery delays after the 1st, 2nd, ... failed delivery; also the
-    /// consumer's server-side backoff after an ack timeout.
+    /// Delays (NAK with delay) before the 2nd, 3rd, ... attempt after a
+    /// failed charge.
     pub backoff_ms: Vec<u64>,
+    /// Allowed difference between two hosts' clocks: a claim written by
+    /// another instance counts as live for this much longer than it says.
+    pub clock_margin_ms: u64,
+    /// How often the sweep looks for payment messages the server stopped
+    /// delivering (a backstop for the MAX_DELIVERIES advisories).
+    pub sweep_interval_ms: u64,
+    /// A payment message older than this, whose payment has not changed
+    /// for this long, counts as stuck to the sweep.
+    pub stuck_after_ms: u64,
     /// Dedup window of `PAYMENTS` and `EVENTS` (at least 120 s).
     pub duplicate_window_s: u64,
     /// Payments processed at once by this instance.
@@ -43,9 +60,13 @@ impl Default for PaymentSettings {
             currencies: ["USD", "EUR", "GBP", "JPY", "CHF"]
                 .map(String::from)
                 .to_vec(),
-            max_deliver: 3,
-            ack_wait_ms: 10_000,
+            max_attempts: 3,
+            max_deliver: 10,
+            ack_wait_ms: 30_000,
             backoff_ms: vec![1_000, 5_000],
+            clock_margin_ms: 2_000,
+            sweep_interval_ms: 60_000,
+            stuck_after_ms: 600_000,
             duplicate_window_s: 120,
             concurrency: 64,
             infra_retry_ms: 30_000,
@@ -69,12 +90,22 @@ impl PaymentSettings {
 
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.max_deliver >= 1,
-            "payments.max_deliver must be at least 1"
+            self.max_attempts >= 1,
+            "payments.max_attempts must be at least 1"
         );
         anyhow::ensure!(
-            self.backoff_ms.len() <= self.max_deliver as usize,
-            "payments.backoff_ms has more entries than payments.max_deliver"
+            self.max_deliver > self.max_attempts,
+            "payments.max_deliver ({}) must be greater than payments.max_attempts ({}): the server's cap is the backstop above the processor's",
+            self.max_deliver,
+            self.max_attempts
+        );
+        anyhow::ensure!(
+            self.backoff_ms.len() <= self.max_attempts as usize,
+            "payments.backoff_ms has more entries than payments.max_attempts"
+        );
+        anyhow::ensure!(
+            self.stuck_after_ms > self.ack_wait_ms + self.gateway_timeout_ms + self.clock_margin_ms,
+            "payments.stuck_after_ms must be longer than ack_wait_ms + gateway_timeout_ms + clock_margin_ms"
         );
         anyhow::ensure!(
             self.concurrency >= 1,
@@ -87,9 +118,9 @@ impl PaymentSettings {
         Ok(())
     }
 
-    /// Delay before delivery `delivered + 1` after a failure.
-    pub fn backoff_after(&self, delivered: u32) -> Duration {
-        runtime::worker::backoff_after(&self.backoff_ms, delivered)
+    /// Delay before attempt `attempt + 1` after a failed charge.
+    pub fn backoff_after(&self, attempt: u32) -> Duration {
+        runtime::worker::backoff_after(&self.backoff_ms, attempt)
     }
 }
 
@@ -119,5 +150,13 @@ mod tests {
             ..Default::default()
         };
         assert!(s.validate().is_err());
+        let s = PaymentSettings {
+            max_deliver: 3,
+            ..Default::default()
+        };
+        assert!(
+            s.validate().is_err(),
+            "max_deliver must exceed max_attempts"
+        );
     }
 }

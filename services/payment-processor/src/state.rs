@@ -6,8 +6,8 @@ use crate::assets::Assets;
 use crate::dlq::Dlq;
 use crate::gateway::Gateway;
 use crate::rules::Rules;
-use crate::store::Store;
-use async_nats::jetstream;
+use crate::store::{Lease, Store};
+use async_nats::jetstream::{self, consumer, stream};
 use protocol::payment::{PaymentEvent, PaymentRecord, PaymentStatus};
 use protocol::subjects;
 use runtime::App;
@@ -18,8 +18,11 @@ use std::time::Duration;
 /// advisory handler.
 #[derive(Debug)]
 pub(crate) struct Processor {
-    pub(crate) client: async_nats::Client,
     pub(crate) js: jetstream::Context,
+    /// The work queue, for reading back messages the server gave up on.
+    pub(crate) payments: stream::Stream,
+    /// The processors' shared consumer, for the sweep's look at it.
+    pub(crate) consumer: consumer::PullConsumer,
     pub(crate) store: Store,
     pub(crate) dlq: Dlq,
     pub(crate) rules: Rules,
@@ -35,8 +38,9 @@ impl Processor {
         settings: PaymentSettings,
     ) -> anyhow::Result<Self> {
         Ok(Self {
-            client: app.client().clone(),
             js: app.jetstream.clone(),
+            payments: assets.payments.clone(),
+            consumer: assets.consumer.clone(),
             store: Store::new(
                 assets.kv.clone(),
                 Duration::from_millis(settings.infra_retry_ms),
@@ -57,9 +61,14 @@ impl Processor {
         Duration::from_millis(self.settings.gateway_timeout_ms)
     }
 
-    /// How long a claim holds against *other* messages for the same payment.
-    pub(crate) fn lease(&self) -> Duration {
-        self.gateway_timeout() + self.budget()
+    /// How long a claim holds against every other delivery (the charge's
+    /// own bound plus a second for its writes), and the clock margin added
+    /// when another instance's claim is judged.
+    pub(crate) fn lease(&self) -> Lease {
+        Lease {
+            hold: self.gateway_timeout() + Duration::from_secs(1),
+            clock_margin: Duration::from_millis(self.settings.clock_margin_ms),
+        }
     }
 
     /// `events.payment.<status>` with `Nats-Msg-Id: <id>.<status>` (plus

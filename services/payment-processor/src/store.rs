@@ -9,18 +9,28 @@ use std::time::Duration;
 
 const CONTENTION_ROUNDS: usize = 16;
 
-/// The outcome of trying to claim a payment for one message.
+/// The outcome of trying to claim a payment for one delivery.
 #[derive(Debug)]
 pub(crate) enum Claim {
-    /// This message owns the payment now; write back with `revision`.
+    /// This delivery owns the payment now; every later write is a
+    /// compare-and-set on `revision` (the fencing token).
     Claimed {
         record: PaymentRecord,
         revision: u64,
     },
-    /// Completed or failed already: nothing more to do.
+    /// Completed or failed already (or the message belongs to an older
+    /// replay): nothing more to do.
     Final(PaymentRecord),
-    /// Another message holds a live claim and will finish it.
-    Busy,
+    /// A delivery (of this message or another) holds a live claim: look
+    /// again after `retry_in`.
+    Live { retry_in: Duration },
+}
+
+/// How long claims hold and how much clock difference they allow for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lease {
+    pub(crate) hold: Duration,
+    pub(crate) clock_margin: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -48,24 +58,31 @@ impl Store {
         }))
     }
 
-    /// Claims `req` for the message at stream sequence `seq`.
+    /// Claims `req` for the message at stream sequence `seq` carrying
+    /// replay number `replay`. Decided by the create/update result alone:
+    /// a read (which a follower may answer stale) only supplies the
+    /// revision to compare against, and a stale one makes the write fail.
+    /// A live claim is never taken over, not even by a redelivery of the
+    /// same message: its owner may only be paused.
     pub(crate) async fn claim(
         &self,
         req: &PaymentRequest,
         seq: u64,
         replay: u32,
-        lease: Duration,
+        lease: Lease,
     ) -> anyhow::Result<Claim> {
-        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let hold_ms = u64::try_from(lease.hold.as_millis()).unwrap_or(u64::MAX);
+        let margin_ms = u64::try_from(lease.clock_margin.as_millis()).unwrap_or(u64::MAX);
         let fresh = |attempts: u32, replays: u32| PaymentRecord {
             status: PaymentStatus::Processing,
             attempts,
             reason: None,
             updated_at: runtime::time::now_rfc3339(),
             owner_seq: seq,
-            lease_until_ms: now_ms().saturating_add(lease_ms),
+            lease_until_ms: now_ms().saturating_add(hold_ms),
             replays,
             charge_id: None,
+            dlq_reason: None,
             ..record_from(req)
         };
         // Most payments are new: try to create first, read only on conflict.
@@ -97,21 +114,29 @@ impl Store {
             let next = match &current {
                 None => fresh(1, replay),
                 Some(rec) => {
+                    if rec.replays > replay {
+                        // A message of an older replay: that replay ended
+                        // (only a failed payment is replayed).
+                        return Ok(Claim::Final(rec.clone()));
+                    }
                     let newer_replay = replay > rec.replays;
                     if rec.status.is_final() && !newer_replay {
                         return Ok(Claim::Final(rec.clone()));
                     }
-                    let live_elsewhere = rec.owner_seq != seq && rec.lease_until_ms > now_ms();
-                    if !rec.status.is_final() && !newer_replay && live_elsewhere {
-                        return Ok(Claim::Busy);
+                    let live_until = rec.lease_until_ms.saturating_add(margin_ms);
+                    let now = now_ms();
+                    if rec.status == PaymentStatus::Processing && !newer_replay && live_until > now
+                    {
+                        return Ok(Claim::Live {
+                            retry_in: Duration::from_millis(live_until - now),
+                        });
                     }
-                    PaymentRecord {
-                        attempts: rec.attempts.saturating_add(1),
-                        replays: rec.replays.max(replay),
-                        // Keep what the first message said the payment is.
-                        ..fresh(0, 0)
-                    }
-                    .with_original(rec)
+                    let attempts = if newer_replay {
+                        1
+                    } else {
+                        rec.attempts.saturating_add(1)
+                    };
+                    fresh(attempts, replay.max(rec.replays)).with_original(rec)
                 }
             };
             let written = match &entry {
@@ -173,9 +198,15 @@ impl Store {
         Ok(entry.filter(|e| e.value == value).map(|e| e.revision))
     }
 
-    /// Re-queues a failed payment as replay `replay`. `Ok(false)`: it is not
-    /// failed (any more) and was not marked.
-    pub(crate) async fn mark_replayed(&self, id: &str, replay: u32) -> anyhow::Result<bool> {
+    /// Re-queues a payment as replay `replay` if it is not completed and
+    /// `allowed` says it may be replayed (failed, or stuck). `Ok(false)`:
+    /// it was not marked.
+    pub(crate) async fn mark_replayed(
+        &self,
+        id: &str,
+        replay: u32,
+        allowed: impl Fn(&PaymentRecord) -> bool,
+    ) -> anyhow::Result<bool> {
         for _ in 0..CONTENTION_ROUNDS {
             let Some((rec, revision)) = self.get(id).await? else {
                 return Ok(false);
@@ -184,12 +215,15 @@ impl Store {
                 // A processor took the replay message first.
                 return Ok(true);
             }
-            if rec.status != PaymentStatus::Failed {
+            if rec.status == PaymentStatus::Completed || !allowed(&rec) {
                 return Ok(false);
             }
             let next = PaymentRecord {
                 status: PaymentStatus::Pending,
                 reason: None,
+                attempts: 0,
+                dlq_reason: None,
+                charge_id: None,
                 replays: replay,
                 owner_seq: 0,
                 lease_until_ms: 0,
@@ -203,31 +237,35 @@ impl Store {
         anyhow::bail!("payment {id} is contended")
     }
 
-    /// Marks a payment failed unless it is final already; returns the record
-    /// written.
-    pub(crate) async fn fail_unless_final(
+    /// Records a payment whose message could not be read as failed with
+    /// reason `invalid_message`, if no record exists under its id (a real
+    /// payment with the same id is left alone). Returns the record written.
+    pub(crate) async fn fail_invalid(
         &self,
-        id: &str,
-        reason: &str,
+        record: PaymentRecord,
     ) -> anyhow::Result<Option<PaymentRecord>> {
-        for _ in 0..CONTENTION_ROUNDS {
-            let Some((rec, revision)) = self.get(id).await? else {
-                return Ok(None);
-            };
-            if rec.status.is_final() {
-                return Ok(None);
+        let value = encode(&record);
+        let id = record.payment_id.as_str();
+        let created = runtime::js::retry("recording an invalid payment", self.budget, || async {
+            match self.kv.create(id, value.clone()).await {
+                Ok(_) => Ok(true),
+                Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+                Err(err) => Err(err),
             }
-            let next = PaymentRecord {
-                status: PaymentStatus::Failed,
-                reason: Some(reason.to_owned()),
-                updated_at: runtime::time::now_rfc3339(),
-                ..rec
-            };
-            if self.put(&next, revision).await?.is_some() {
-                return Ok(Some(next));
-            }
+        })
+        .await?;
+        if created {
+            return Ok(Some(record));
         }
-        anyhow::bail!("payment {id} is contended")
+        // Ours (a redelivery, or a lost reply), or a real payment's.
+        Ok(self
+            .get(id)
+            .await?
+            .map(|(existing, _)| existing)
+            .filter(|existing| {
+                existing.owner_seq == record.owner_seq
+                    && existing.dlq_reason == Some(protocol::payment::DlqReason::InvalidMessage)
+            }))
     }
 }
 
@@ -267,6 +305,7 @@ fn record_from(req: &PaymentRequest) -> PaymentRecord {
         lease_until_ms: 0,
         replays: 0,
         charge_id: None,
+        dlq_reason: None,
     }
 }
 

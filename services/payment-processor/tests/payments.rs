@@ -35,17 +35,23 @@ fn quick_gateway() -> Arc<Simulator> {
         Simulator::new(&SimulatorSettings {
             latency_ms: 1,
             jitter_ms: 2,
+            // Each test gateway remembers its own charges (in memory), so
+            // the tests can count what each processor charged.
+            ledger_file: None,
             ..Default::default()
         })
         .unwrap(),
     )
 }
 
-/// Fast retries for tests: redeliveries after 200 ms and 400 ms.
+/// Fast retries for tests: redeliveries after 200 ms and 400 ms; 3
+/// attempts, and the server gives up after 4 deliveries.
 fn test_overrides() -> Vec<(&'static str, Value)> {
     vec![
         ("payments.backoff_ms", Value::from(vec![200, 400])),
         ("payments.ack_wait_ms", Value::from(2000)),
+        ("payments.max_attempts", Value::from(3)),
+        ("payments.max_deliver", Value::from(4)),
         ("payments.limit", Value::from("5000")),
     ]
 }
@@ -242,7 +248,7 @@ async fn happy_path_duplicates_rules_invalid_messages_and_bad_input() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let again = status(&client, "pay-001").await.unwrap();
     assert_eq!(again, done, "status unchanged by the duplicate");
-    assert_eq!(gateway.attempts("pay-001"), 1, "charged once");
+    assert_eq!(gateway.attempts("pay-001.r0"), 1, "charged once");
     let completed = count_by_id(&events(&js, "completed").await);
     assert_eq!(completed.get("pay-001"), Some(&1));
 
@@ -305,6 +311,25 @@ async fn happy_path_duplicates_rules_invalid_messages_and_bad_input() {
         assert!(header(m, dlq_headers::ERROR).is_some_and(|e| !e.is_empty()));
         assert_eq!(&m.payload[..], body);
     }
+    // The one whose id is readable has a status saying why.
+    let invalid = wait_status(
+        &client,
+        "p-ok",
+        PaymentStatus::Failed,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        invalid
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("invalid_message: ") && r.contains("ten")),
+        "{invalid:?}"
+    );
+    assert_eq!(
+        count_by_id(&events(&js, "failed").await).get("p-ok"),
+        Some(&1)
+    );
 
     // Bad input on every endpoint: typed errors; unknown ids; replay rules.
     for subject in [subjects::PAYMENT_STATUS, subjects::PAYMENT_REPLAY] {
@@ -390,7 +415,7 @@ async fn happy_path_duplicates_rules_invalid_messages_and_bad_input() {
     assert!(a > 0 && b > 0, "both processors took payments: {a} and {b}");
     for id in &ids {
         assert_eq!(
-            gateway.attempts(id) + second_gateway.attempts(id),
+            gateway.attempts(&format!("{id}.r0")) + second_gateway.attempts(&format!("{id}.r0")),
             1,
             "{id}"
         );
@@ -418,9 +443,9 @@ async fn gateway_failures_retry_then_dead_letter_then_replay() {
     )
     .await;
     assert_eq!(done.attempts, 3, "{done:?}");
-    assert_eq!(gateway.attempts("flaky-1"), 3);
+    assert_eq!(gateway.attempts("flaky-1.r0"), 3);
 
-    // Always failing: DLQ after 3 deliveries, with the reason.
+    // Always failing: DLQ after 3 attempts, with the reason.
     gateway.set_fail_first_attempts(0);
     gateway.set_failure_rate(1.0);
     let req = payment("doomed-1", "20", "EUR");
@@ -437,7 +462,7 @@ async fn gateway_failures_retry_then_dead_letter_then_replay() {
         failed
             .reason
             .as_deref()
-            .is_some_and(|r| r.contains("gateway failed on all 3 deliveries")),
+            .is_some_and(|r| r.contains("gateway failed on all 3 attempts")),
         "{failed:?}"
     );
     let dlq = read_stream(&js, "PAYMENTS_DLQ", ">").await;
@@ -482,26 +507,11 @@ async fn gateway_failures_retry_then_dead_letter_then_replay() {
     );
     assert_eq!(gateway.effects(), 2, "flaky-1 and doomed-1, once each");
 
-    // The server's MAX_DELIVERIES advisory: a message delivered three times
-    // and never acknowledged (a consumer that takes it and dies each time)
-    // lands in the DLQ. Maintenance pauses our worker so only we take it.
-    let replicas = 3;
-    runtime::maintenance::set(&js, replicas, true)
-        .await
-        .unwrap();
-    // The worker and the endpoints read one flag: once an endpoint answers
-    // 503, the worker has paused too.
-    eventually(
-        "the processor in maintenance mode",
-        Duration::from_secs(5),
-        || async {
-            match status(&client, "stuck-1").await {
-                Err(e) if e.code() == Some(ErrorCode::Maintenance) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    // Every processor down while the server gives up on a message (a
+    // consumer that takes it and dies, 4 times): the MAX_DELIVERIES
+    // advisory waits in PAYMENTS_ADVISORIES, and the next processor to
+    // start fails the payment (voiding its key) and dead-letters it.
+    processor.stop().await;
     publish(&js, &payment("stuck-1", "1", "USD"), "stuck-1").await;
     let consumer: consumer::PullConsumer = js
         .get_stream("PAYMENTS")
@@ -511,7 +521,7 @@ async fn gateway_failures_retry_then_dead_letter_then_replay() {
         .await
         .unwrap();
     let taken = AtomicI64::new(0);
-    eventually("three deliveries", Duration::from_secs(20), || async {
+    eventually("four deliveries", Duration::from_secs(30), || async {
         let mut batch = consumer
             .fetch()
             .max_messages(1)
@@ -525,14 +535,15 @@ async fn gateway_failures_retry_then_dead_letter_then_replay() {
             // and never ack it
         }
         match taken.load(Ordering::Relaxed) {
-            3.. => Ok(()),
+            4.. => Ok(()),
             n => Err(format!("delivered only {n} times")),
         }
     })
     .await;
     // The server notices the exhausted message when it next serves a pull.
+    let advisories = js.get_stream("PAYMENTS_ADVISORIES").await.unwrap();
     eventually(
-        "a MAX_DELIVERIES DLQ entry",
+        "a MAX_DELIVERIES advisory kept in PAYMENTS_ADVISORIES",
         Duration::from_secs(20),
         || async {
             let mut pull = consumer
@@ -543,26 +554,83 @@ async fn gateway_failures_retry_then_dead_letter_then_replay() {
                 .await
                 .unwrap();
             if let Some(Ok(m)) = pull.next().await {
-                panic!("delivered a 4th time: {:?}", m.info().unwrap().delivered);
+                panic!("delivered a 5th time: {:?}", m.info().unwrap().delivered);
             }
-            let dlq = read_stream(&js, "PAYMENTS_DLQ", ">").await;
-            if let Some(m) = dlq
-                .iter()
-                .find(|m| header(m, dlq_headers::PAYMENT_ID).as_deref() == Some("stuck-1"))
-            {
-                assert_eq!(
-                    header(m, dlq_headers::REASON).as_deref(),
-                    Some("max_deliveries")
-                );
-                return Ok(());
+            match advisories.clone().info().await.unwrap().state.messages {
+                1 => Ok(()),
+                n => Err(format!("{n} advisories kept")),
             }
-            Err("no MAX_DELIVERIES DLQ entry")
         },
     )
     .await;
-    runtime::maintenance::set(&js, replicas, false)
-        .await
-        .unwrap();
+    assert!(
+        status(&client, "stuck-1").await.is_err(),
+        "no processor runs"
+    );
+    let processor = start_processor(&cluster, gateway.clone()).await;
+    let failed = wait_status(
+        &client,
+        "stuck-1",
+        PaymentStatus::Failed,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        failed
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("delivered 4 times")),
+        "{failed:?}"
+    );
+    let dlq = read_stream(&js, "PAYMENTS_DLQ", ">").await;
+    let entry = dlq
+        .iter()
+        .find(|m| header(m, dlq_headers::PAYMENT_ID).as_deref() == Some("stuck-1"))
+        .expect("stuck-1 in the DLQ");
+    assert_eq!(
+        header(entry, dlq_headers::REASON).as_deref(),
+        Some("max_deliveries")
+    );
+    eventually(
+        "the advisory and the message gone",
+        Duration::from_secs(10),
+        || async {
+            let kept = advisories.clone().info().await.unwrap().state.messages;
+            let queued = js
+                .get_stream("PAYMENTS")
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .state
+                .messages;
+            if kept == 0 && queued == 0 {
+                Ok(())
+            } else {
+                Err(format!("{kept} advisories, {queued} payments left"))
+            }
+        },
+    )
+    .await;
+    // Replayed, it completes, charged once.
+    let replay: ReplayReply = call(
+        &client,
+        subjects::PAYMENT_REPLAY,
+        &json!({"payment_id": "stuck-1"}),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(replay.replay, 1);
+    wait_status(
+        &client,
+        "stuck-1",
+        PaymentStatus::Completed,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(gateway.effects(), 3);
     processor.stop().await;
 }
 
@@ -671,6 +739,8 @@ async fn processor_sigkilled_mid_batch_loses_and_doubles_nothing() {
         ("SWITCHYARD__PAYMENTS__GATEWAY__LEDGER_FILE", ledger_file),
         ("SWITCHYARD__PAYMENTS__CONCURRENCY", "16"),
         ("SWITCHYARD__PAYMENTS__BACKOFF_MS", "500,1000"),
+        ("SWITCHYARD__PAYMENTS__ACK_WAIT_MS", "3000"),
+        ("SWITCHYARD__PAYMENTS__GATEWAY_TIMEOUT_MS", "2000"),
         ("SWITCHYARD__LOG__LEVEL", "warn"),
     ];
     let binary = env!("CARGO_BIN_EXE_payment-processor");
@@ -714,13 +784,7 @@ async fn processor_sigkilled_mid_batch_loses_and_doubles_nothing() {
         },
     )
     .await;
-    let mut charged: HashMap<String, usize> = HashMap::new();
-    for line in std::fs::read_to_string(&ledger).unwrap().lines() {
-        let entry: serde_json::Value = serde_json::from_str(line).unwrap();
-        *charged
-            .entry(entry["payment_id"].as_str().unwrap().to_owned())
-            .or_insert(0) += 1;
-    }
+    let charged = charges_by_payment(&ledger);
     assert_eq!(charged.len(), 200, "every payment charged");
     assert!(charged.values().all(|&n| n == 1), "a payment charged twice");
     for id in &ids {
@@ -728,4 +792,86 @@ async fn processor_sigkilled_mid_batch_loses_and_doubles_nothing() {
         assert_eq!(s.status, PaymentStatus::Completed, "{id}");
     }
     second.kill().await;
+}
+
+/// Charges in a simulator ledger, by payment id.
+fn charges_by_payment(ledger: &std::path::Path) -> HashMap<String, usize> {
+    let mut charged: HashMap<String, usize> = HashMap::new();
+    for line in payment_processor::gateway::read_charges(ledger).unwrap() {
+        *charged.entry(line.payment_id).or_insert(0) += 1;
+    }
+    charged
+}
+
+/// The measured case: two processors share a ledger, charges take 3 s, 16
+/// payments, one processor SIGSTOPped for 5 s 1.5 s in. Once with the
+/// default ack wait (30 s: the stall is shorter, nothing is redelivered),
+/// once with a 2 s ack wait (the stalled processor's payments are
+/// redelivered to the other while it still holds them: the claims fence it
+/// and the gateway's idempotency key dedupes). Both times: 16 completed,
+/// 16 charges, 16 completed events.
+#[tokio::test]
+async fn a_stalled_processor_charges_nothing_twice() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let js = jetstream::new(client.clone());
+    let binary = env!("CARGO_BIN_EXE_payment-processor");
+    for (round, ack_wait_ms) in [(0, "30000"), (1, "2000")] {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("ledger.jsonl");
+        let env = [
+            ("SWITCHYARD__PAYMENTS__CONCURRENCY", "4"),
+            ("SWITCHYARD__PAYMENTS__GATEWAY__LATENCY_MS", "3000"),
+            ("SWITCHYARD__PAYMENTS__GATEWAY__JITTER_MS", "0"),
+            (
+                "SWITCHYARD__PAYMENTS__GATEWAY__LEDGER_FILE",
+                ledger.to_str().unwrap(),
+            ),
+            ("SWITCHYARD__PAYMENTS__GATEWAY_TIMEOUT_MS", "3500"),
+            ("SWITCHYARD__PAYMENTS__CLOCK_MARGIN_MS", "500"),
+            ("SWITCHYARD__PAYMENTS__ACK_WAIT_MS", ack_wait_ms),
+            ("SWITCHYARD__LOG__LEVEL", "warn"),
+        ];
+        let mut a = testkit::spawn_process(binary, &cluster, &env).await;
+        let mut b = testkit::spawn_process(binary, &cluster, &env).await;
+        let ids: Vec<String> = (0..16).map(|i| format!("stall{round}-{i:02}")).collect();
+        join_all(ids.iter().map(|id| {
+            let js = js.clone();
+            async move { publish(&js, &payment(id, "9.99", "USD"), id).await }
+        }))
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        a.signal(nix::sys::signal::Signal::SIGSTOP);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        a.signal(nix::sys::signal::Signal::SIGCONT);
+        let completed = eventually("16 payments completed", Duration::from_secs(60), || async {
+            let done = count_by_id(&events(&js, "completed").await);
+            let ours: Vec<_> = ids.iter().filter(|id| done.contains_key(*id)).collect();
+            match ours.len() {
+                16 => Ok(done),
+                n => Err(format!("{n} of 16 completed")),
+            }
+        })
+        .await;
+        for id in &ids {
+            assert_eq!(completed[id], 1, "{id}: completed events");
+            let s = status(&client, id).await.unwrap();
+            assert_eq!(s.status, PaymentStatus::Completed, "{id}");
+        }
+        // Let the stalled one finish whatever it resumed, then count.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let charged = charges_by_payment(&ledger);
+        println!("round {round} (ack wait {ack_wait_ms} ms): {charged:?}");
+        for id in &ids {
+            assert_eq!(
+                charged.get(id),
+                Some(&1),
+                "{id} charged {:?} times",
+                charged.get(id)
+            );
+        }
+        assert_eq!(charged.len(), 16);
+        a.kill().await;
+        b.kill().await;
+    }
 }
