@@ -816,7 +816,10 @@ async fn a_stalled_processor_charges_nothing_twice() {
     let client = cluster.client().await.unwrap();
     let js = jetstream::new(client.clone());
     let binary = env!("CARGO_BIN_EXE_payment-processor");
-    for (round, ack_wait_ms) in [(0, "30000"), (1, "2000")] {
+    // Round 0's charges may take the whole stall and still count (a 10 s
+    // gateway timeout); round 1's lease is short (3.5 s) so the other
+    // processor takes over while the stalled one still holds its claims.
+    for (round, ack_wait_ms, gateway_timeout_ms) in [(0, "30000", "10000"), (1, "2000", "3500")] {
         let dir = tempfile::tempdir().unwrap();
         let ledger = dir.path().join("ledger.jsonl");
         let env = [
@@ -827,7 +830,10 @@ async fn a_stalled_processor_charges_nothing_twice() {
                 "SWITCHYARD__PAYMENTS__GATEWAY__LEDGER_FILE",
                 ledger.to_str().unwrap(),
             ),
-            ("SWITCHYARD__PAYMENTS__GATEWAY_TIMEOUT_MS", "3500"),
+            (
+                "SWITCHYARD__PAYMENTS__GATEWAY_TIMEOUT_MS",
+                gateway_timeout_ms,
+            ),
             ("SWITCHYARD__PAYMENTS__CLOCK_MARGIN_MS", "500"),
             ("SWITCHYARD__PAYMENTS__ACK_WAIT_MS", ack_wait_ms),
             ("SWITCHYARD__LOG__LEVEL", "warn"),
@@ -853,10 +859,20 @@ async fn a_stalled_processor_charges_nothing_twice() {
             }
         })
         .await;
+        let mut attempts = Vec::new();
         for id in &ids {
             assert_eq!(completed[id], 1, "{id}: completed events");
             let s = status(&client, id).await.unwrap();
             assert_eq!(s.status, PaymentStatus::Completed, "{id}");
+            attempts.push(s.attempts);
+        }
+        if round == 0 {
+            // A stall shorter than the ack wait redelivers nothing.
+            assert!(attempts.iter().all(|&n| n == 1), "{attempts:?}");
+        } else {
+            // The stalled processor's payments were taken over (a second
+            // claim), and still charged once.
+            assert!(attempts.iter().any(|&n| n >= 2), "{attempts:?}");
         }
         // Let the stalled one finish whatever it resumed, then count.
         tokio::time::sleep(Duration::from_secs(4)).await;
