@@ -32,7 +32,7 @@ pub struct Cli {
     servers: Vec<String>,
 
     /// How long to wait for a reply.
-    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, global = true, default_value = "5s", value_parser = runtime::time::parse_duration)]
     timeout: Duration,
 
     #[command(subcommand)]
@@ -108,22 +108,6 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((s, "s"), |i| s.split_at(i));
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 1m"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
-}
-
 /// Settings for a client command, `--servers` winning over the layers.
 fn client_settings(servers: &[String]) -> anyhow::Result<Settings> {
     let overrides = if servers.is_empty() {
@@ -186,12 +170,24 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(
+            runtime::time::parse_duration("5s"),
+            Ok(Duration::from_secs(5))
+        );
+        assert_eq!(
+            runtime::time::parse_duration("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(
+            runtime::time::parse_duration("2"),
+            Ok(Duration::from_secs(2))
+        );
+        assert_eq!(
+            runtime::time::parse_duration("1m"),
+            Ok(Duration::from_secs(60))
+        );
+        assert!(runtime::time::parse_duration("soon").is_err());
+        assert!(runtime::time::parse_duration("5h").is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 #[derive(Debug, clap::Args)]
 pub(crate) struct StatusArgs {
     /// How long to gather discovery replies.
-    #[arg(long, default_value = "500ms", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = runtime::time::parse_duration)]
     wait: Duration,
     /// Print the raw replies as JSON instead of a table.
     #[arg(long)]

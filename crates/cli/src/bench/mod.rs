@@ -42,7 +42,7 @@ pub(crate) struct BenchArgs {
     #[arg(value_enum)]
     name: BenchName,
     /// How long each measurement runs.
-    #[arg(long, default_value = "3s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = runtime::time::parse_duration)]
     duration: Duration,
     /// Print the results as JSON (no table, no progress bars).
     #[arg(long)]
