@@ -10,8 +10,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Writes a batch to the files (records already there are skipped), counts
-/// it, then acks it; a batch that cannot be written is given back.
-pub(crate) async fn write_batch(state: Arc<LogWorker>, messages: Vec<jetstream::Message>) {
+/// it, then answers ack for each message; a batch that cannot be written is
+/// given back.
+pub(crate) async fn write_batch(
+    state: Arc<LogWorker>,
+    messages: Vec<jetstream::Message>,
+) -> Vec<AckKind> {
     let messages = messages.as_slice();
     let mut by_file: HashMap<String, Vec<(u64, String)>> = HashMap::new();
     let mut kinds: HashMap<u64, (String, String)> = HashMap::new();
@@ -50,8 +54,8 @@ pub(crate) async fn write_batch(state: Arc<LogWorker>, messages: Vec<jetstream::
     .await;
     let written = match written {
         Ok(Ok(written)) => written,
-        Ok(Err(err)) => return give_back(messages, &format!("writing log files: {err}")).await,
-        Err(err) => return give_back(messages, &format!("log writer task failed: {err}")).await,
+        Ok(Err(err)) => return give_back(messages, &format!("writing log files: {err}")),
+        Err(err) => return give_back(messages, &format!("log writer task failed: {err}")),
     };
     let mut delta = LogStats::default();
     for (name, seqs) in &written {
@@ -75,23 +79,14 @@ pub(crate) async fn write_batch(state: Arc<LogWorker>, messages: Vec<jetstream::
         // The records are safe in the files; only the counters lag.
         tracing::warn!(error = %format!("{err:#}"), "log stats not updated for a batch");
     }
-    let acks = futures::future::join_all(messages.iter().map(|m| m.ack())).await;
-    let failed = acks.iter().filter(|a| a.is_err()).count();
-    if failed > 0 {
-        tracing::warn!(
-            failed,
-            "some log acks failed; those records come again and are skipped as written"
-        );
-    }
+    vec![AckKind::Ack; messages.len()]
 }
 
-async fn give_back(messages: &[jetstream::Message], why: &str) {
+fn give_back(messages: &[jetstream::Message], why: &str) -> Vec<AckKind> {
     tracing::error!(
         error = why,
         count = messages.len(),
         "a log batch was not written; it will be redelivered"
     );
-    for m in messages {
-        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-    }
+    vec![AckKind::Nak(Some(Duration::from_secs(1))); messages.len()]
 }
