@@ -3,7 +3,9 @@
 //! ```text
 //! logs.<service>.<level> | logs.process ─▶ LOGS (R3, limits by age/size)
 //!   ─▶ durable pull consumer log-workers (N workers split the load)
-//!       batch ─▶ <log_dir>/<service>.jsonl (dedup by stream seq, fsync) ─▶ counters in KV ─▶ ack
+//!       batch ─▶ <log_dir>/<service>.jsonl (the subject names the service;
+//!                dedup by stream seq, fsync, rotated by size)
+//!             ─▶ counters in KV ─▶ ack (a file that cannot be written: nak)
 //! services.logs.stats  ← KV log-stats (cluster-wide)
 //! services.logs.query  ← reads the LOGS stream (not the files)
 //! ```
@@ -54,8 +56,13 @@ pub async fn run_with(
     counters: Arc<WorkerCounters>,
 ) -> anyhow::Result<()> {
     let logs: LogStoreSettings = settings.section("logs")?;
-    anyhow::ensure!(logs.batch >= 1, "logs.batch must be at least 1");
-    let files = files::Files::new(logs.log_dir.clone())
+    logs.check()?;
+    let limits = files::Limits {
+        max_file_bytes: logs.max_file_bytes,
+        max_files: logs.max_files,
+        ..files::Limits::default()
+    };
+    let files = files::Files::new(logs.log_dir.clone(), limits)
         .map_err(|e| anyhow::anyhow!("cannot use logs.log_dir {}: {e}", logs.log_dir.display()))?;
     let app = App::connect(services::LOG_WORKER, settings, shutdown).await?;
     let assets = assets::ensure(&app.jetstream, app.replicas(), &logs).await?;

@@ -1,25 +1,30 @@
 //! One batch from the shared consumer, written to the files.
+//!
+//! Each file is written on its own: the messages of a file that was written
+//! (or already held them) are acked; those of a file that could not be
+//! written (disk full, I/O error, permissions) are given back. One failing
+//! file does not hold up the others.
 
 use crate::LogWorker;
+use crate::files::Appended;
 use crate::records::{self, Line, REJECTED_FILE};
 use async_nats::jetstream::{self, AckKind};
 use protocol::logs::LogStats;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-/// Writes a batch to the files (records already there are skipped), counts
-/// it, then answers ack for each message; a batch that cannot be written is
-/// given back.
+/// Writes a batch to the files (records already there are skipped) and
+/// counts it; answers ack for what is in the files, and a delayed nak for
+/// the rest.
 pub(crate) async fn write_batch(
     state: Arc<LogWorker>,
     messages: Vec<jetstream::Message>,
 ) -> Vec<AckKind> {
-    let messages = messages.as_slice();
     let mut by_file: HashMap<String, Vec<(u64, String)>> = HashMap::new();
     let mut kinds: HashMap<u64, (String, String)> = HashMap::new();
-    for message in messages {
+    for message in &messages {
         let Ok(info) = message.info() else { continue };
         let seq = info.stream_sequence;
         match records::line_for(&message.subject, seq, &message.payload) {
@@ -39,35 +44,59 @@ pub(crate) async fn write_batch(
             }
         }
     }
+    let all_seqs: Vec<(String, Vec<u64>)> = by_file
+        .iter()
+        .map(|(name, lines)| (name.clone(), lines.iter().map(|(s, _)| *s).collect()))
+        .collect();
     let files = state.files.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        let mut files = files
-            .lock()
-            .map_err(|_| std::io::Error::other("log files lock poisoned"))?;
-        let mut written = Vec::new();
-        for (name, lines) in by_file {
-            let seqs = files.append(&name, &lines)?;
-            written.push((name, seqs));
-        }
-        Ok::<_, std::io::Error>(written)
+    let appended = tokio::task::spawn_blocking(move || {
+        // A panic while the lock was held leaves only the memory of recent
+        // seqs behind, which stays right: go on with it.
+        let mut files = files.lock().unwrap_or_else(PoisonError::into_inner);
+        by_file
+            .into_iter()
+            .map(|(name, lines)| {
+                let done = files.append(&name, &lines);
+                (name, done)
+            })
+            .collect::<Vec<_>>()
     })
-    .await;
-    let written = match written {
-        Ok(Ok(written)) => written,
-        Ok(Err(err)) => return give_back(messages, &format!("writing log files: {err}")),
-        Err(err) => return give_back(messages, &format!("log writer task failed: {err}")),
-    };
+    .await
+    .map_err(|e| format!("log writer task failed: {e}"));
+    // Nothing known written when the writer itself failed: every file's
+    // records are given back.
+    let appended = appended.unwrap_or_else(|why| {
+        all_seqs
+            .into_iter()
+            .map(|(name, seqs)| {
+                let done = Appended {
+                    written: Vec::new(),
+                    unwritten: seqs,
+                    error: Some(std::io::Error::other(why.clone())),
+                };
+                (name, done)
+            })
+            .collect()
+    });
+
     let mut delta = LogStats::default();
-    for (name, seqs) in &written {
+    // seq -> (file, error) of every record not in its file.
+    let mut unwritten: HashMap<u64, (String, String)> = HashMap::new();
+    for (name, done) in &appended {
         if name == REJECTED_FILE {
-            delta.rejected += seqs.len() as u64;
-            continue;
+            delta.rejected += done.written.len() as u64;
         }
-        for seq in seqs {
+        for seq in &done.written {
             if let Some((service, level)) = kinds.get(seq) {
                 delta.processed += 1;
                 *delta.by_level.entry(level.clone()).or_insert(0) += 1;
                 *delta.by_service.entry(service.clone()).or_insert(0) += 1;
+            }
+        }
+        if let Some(err) = &done.error {
+            let error = format!("writing {name}.jsonl: {err}");
+            for seq in &done.unwritten {
+                unwritten.insert(*seq, (name.clone(), error.clone()));
             }
         }
     }
@@ -79,14 +108,41 @@ pub(crate) async fn write_batch(
         // The records are safe in the files; only the counters lag.
         tracing::warn!(error = %format!("{err:#}"), "log stats not updated for a batch");
     }
-    vec![AckKind::Ack; messages.len()]
+
+    let state = &*state;
+    let answers = messages.iter().map(|message| {
+        let failed = message.info().ok().and_then(|info| {
+            unwritten
+                .get(&info.stream_sequence)
+                .map(|f| (info.stream_sequence, info.delivered, f))
+        });
+        async move {
+            match failed {
+                None => AckKind::Ack,
+                Some((seq, delivered, (file, error))) => {
+                    give_back(state, message, seq, delivered, file, error).await
+                }
+            }
+        }
+    });
+    futures::future::join_all(answers).await
 }
 
-fn give_back(messages: &[jetstream::Message], why: &str) -> Vec<AckKind> {
+/// The answer for a record its file could not take: given back.
+async fn give_back(
+    _state: &LogWorker,
+    _message: &jetstream::Message,
+    seq: u64,
+    delivered: i64,
+    file: &str,
+    error: &str,
+) -> AckKind {
     tracing::error!(
-        error = why,
-        count = messages.len(),
-        "a log batch was not written; it will be redelivered"
+        seq,
+        delivered,
+        file,
+        error,
+        "a log record was not written; it will be redelivered"
     );
-    vec![AckKind::Nak(Some(Duration::from_secs(1))); messages.len()]
+    AckKind::Nak(Some(Duration::from_secs(1)))
 }
