@@ -2,15 +2,18 @@
 //!
 //! ```text
 //! logs.<service>.<level> | logs.process ─▶ LOGS (R3, limits by age/size)
-//!   ─▶ durable pull consumer log-workers (N workers split the load)
+//!   ─▶ durable pull consumer log-workers (N workers split the load; fixed ack
+//!      wait, bounded max_deliver, progress acks while a batch is written)
 //!       batch ─▶ <log_dir>/<service>.jsonl (the subject names the service;
 //!                dedup by stream seq, fsync, rotated by size)
-//!             ─▶ counters in KV ─▶ ack (a file that cannot be written: nak)
+//!             ─▶ counters in KV ─▶ ack
+//!       a file that cannot be written ─▶ nak(growing delay) … last delivery ─▶ LOGS_DLQ, term
 //! services.logs.stats  ← KV log-stats (cluster-wide)
 //! services.logs.query  ← reads the LOGS stream (not the files)
 //! ```
 
 mod assets;
+mod dlq;
 mod endpoints;
 pub mod files;
 pub mod records;
@@ -34,6 +37,10 @@ const DESCRIPTION: &str = "Persistent distributed logger: logs.> to JSON-lines f
 pub struct WorkerCounters {
     /// Records this instance wrote to the files.
     pub written: AtomicU64,
+    /// Deliveries of records this instance could not write (I/O errors).
+    pub write_failures: AtomicU64,
+    /// Records this instance sent to `LOGS_DLQ`.
+    pub dead_lettered: AtomicU64,
 }
 
 /// The log-worker's state, shared by the batch worker and the endpoints.
@@ -43,6 +50,9 @@ pub(crate) struct LogWorker {
     pub(crate) stats: stats::Stats,
     pub(crate) stream: stream::Stream,
     pub(crate) counters: Arc<WorkerCounters>,
+    pub(crate) dlq: dlq::Dlq,
+    pub(crate) settings: LogStoreSettings,
+    pub(crate) trouble: worker::Trouble,
 }
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -71,6 +81,9 @@ pub async fn run_with(
         stats: stats::Stats::new(assets.kv),
         stream: assets.stream,
         counters,
+        dlq: dlq::Dlq::new(app.jetstream.clone()),
+        settings: logs.clone(),
+        trouble: worker::Trouble::default(),
     });
     app.service(VERSION, DESCRIPTION)
         .with_state(state)

@@ -2,22 +2,52 @@
 //!
 //! Each file is written on its own: the messages of a file that was written
 //! (or already held them) are acked; those of a file that could not be
-//! written (disk full, I/O error, permissions) are given back. One failing
-//! file does not hold up the others.
+//! written (disk full, I/O error, permissions) are given back with a delay
+//! that doubles with each delivery (`logs.retry_min_ms` up to
+//! `logs.retry_max_ms`), and at their last delivery (`logs.max_deliver`) go
+//! to `LOGS_DLQ` and are termed. One failing file does not hold up the others.
 
 use crate::LogWorker;
 use crate::files::Appended;
 use crate::records::{self, Line, REJECTED_FILE};
 use async_nats::jetstream::{self, AckKind};
-use protocol::logs::LogStats;
+use protocol::logs::{DlqReason, LogStats};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+/// Files that failed, and the longest retry delay already logged for each:
+/// a warning is logged once per backoff step, not once per batch.
+#[derive(Debug, Default)]
+pub(crate) struct Trouble(Mutex<HashMap<String, Duration>>);
+
+impl Trouble {
+    /// Whether `delay` for `file` is a step not logged yet.
+    fn new_step(&self, file: &str, delay: Duration) -> bool {
+        let Ok(mut steps) = self.0.lock() else {
+            return true;
+        };
+        match steps.get(file) {
+            Some(logged) if *logged >= delay => false,
+            _ => {
+                steps.insert(file.to_owned(), delay);
+                true
+            }
+        }
+    }
+
+    /// Whether `file` had failed before (and now is fine again).
+    fn recovered(&self, file: &str) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|mut steps| steps.remove(file).is_some())
+    }
+}
+
 /// Writes a batch to the files (records already there are skipped) and
-/// counts it; answers ack for what is in the files, and a delayed nak for
-/// the rest.
+/// counts it; answers ack for what is in the files, and a delayed nak (or,
+/// after the DLQ, a term) for the rest.
 pub(crate) async fn write_batch(
     state: Arc<LogWorker>,
     messages: Vec<jetstream::Message>,
@@ -93,10 +123,17 @@ pub(crate) async fn write_batch(
                 *delta.by_service.entry(service.clone()).or_insert(0) += 1;
             }
         }
-        if let Some(err) = &done.error {
-            let error = format!("writing {name}.jsonl: {err}");
-            for seq in &done.unwritten {
-                unwritten.insert(*seq, (name.clone(), error.clone()));
+        match &done.error {
+            Some(err) => {
+                let error = format!("writing {name}.jsonl: {err}");
+                for seq in &done.unwritten {
+                    unwritten.insert(*seq, (name.clone(), error.clone()));
+                }
+            }
+            None => {
+                if state.trouble.recovered(name) {
+                    tracing::info!(file = %name, "log file written again");
+                }
             }
         }
     }
@@ -104,6 +141,10 @@ pub(crate) async fn write_batch(
         .counters
         .written
         .fetch_add(delta.processed, Ordering::Relaxed);
+    state
+        .counters
+        .write_failures
+        .fetch_add(unwritten.len() as u64, Ordering::Relaxed);
     if let Err(err) = state.stats.add(&delta).await {
         // The records are safe in the files; only the counters lag.
         tracing::warn!(error = %format!("{err:#}"), "log stats not updated for a batch");
@@ -128,21 +169,43 @@ pub(crate) async fn write_batch(
     futures::future::join_all(answers).await
 }
 
-/// The answer for a record its file could not take: given back.
+/// The answer for a record its file could not take: a nak with a delay, or
+/// at its last delivery, once it is in `LOGS_DLQ`, a term.
 async fn give_back(
-    _state: &LogWorker,
-    _message: &jetstream::Message,
+    state: &LogWorker,
+    message: &jetstream::Message,
     seq: u64,
     delivered: i64,
     file: &str,
     error: &str,
 ) -> AckKind {
-    tracing::error!(
-        seq,
-        delivered,
-        file,
-        error,
-        "a log record was not written; it will be redelivered"
-    );
-    AckKind::Nak(Some(Duration::from_secs(1)))
+    let delivered = u64::try_from(delivered).unwrap_or(0);
+    if delivered >= u64::from(state.settings.max_deliver) {
+        match state
+            .dlq
+            .send(message, DlqReason::WriteFailed, error, seq, delivered)
+            .await
+        {
+            Ok(()) => {
+                state.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) => tracing::error!(
+                seq,
+                error = %format!("{err:#}"),
+                "a log record could not be written nor sent to the DLQ; it stays in LOGS only"
+            ),
+        }
+        return AckKind::Term;
+    }
+    let delay = state.settings.retry_delay(delivered);
+    if state.trouble.new_step(file, delay) {
+        tracing::warn!(
+            file,
+            error,
+            delivered,
+            retry_in_ms = delay.as_millis() as u64,
+            "log records not written; given back to retry later"
+        );
+    }
+    AckKind::Nak(Some(delay))
 }
