@@ -67,6 +67,42 @@ pub struct LogQueryReply {
     pub entries: Vec<LogEntry>,
 }
 
+/// On `logs.<service>.<level>` the subject decides the service and level. A
+/// body that claimed another `service` is stored under the subject's, with
+/// what it claimed in this key of `fields`.
+pub const CLAIMED_SERVICE_FIELD: &str = "_claimed_service";
+/// Like [`CLAIMED_SERVICE_FIELD`], for a `level` the subject overrode.
+pub const CLAIMED_LEVEL_FIELD: &str = "_claimed_level";
+
+/// Why a message went to `LOGS_DLQ` (header `Switchyard-Dlq-Reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DlqReason {
+    /// Its file could not be written (disk full, I/O error, permissions) up
+    /// to its last delivery.
+    WriteFailed,
+}
+
+impl DlqReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::WriteFailed => "write_failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::WriteFailed].into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// Headers of a `LOGS_DLQ` message; its body is the original body, byte for
+/// byte. The same names as the payments DLQ, plus the original subject.
+pub mod dlq_headers {
+    pub use crate::payment::dlq_headers::{DELIVERIES, ERROR, REASON, STREAM_SEQ};
+    /// The subject the record was published on (`logs.<service>.<level>`).
+    pub const SUBJECT: &str = "Switchyard-Subject";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +120,14 @@ mod tests {
         assert_eq!(v["seq"], 7);
         assert_eq!(v["service"], "math");
         assert_eq!(serde_json::from_value::<LogEntry>(v).unwrap(), entry);
+    }
+
+    #[test]
+    fn dlq_reasons() {
+        let r = DlqReason::WriteFailed;
+        assert_eq!(DlqReason::parse(r.as_str()), Some(r));
+        assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        assert_eq!(DlqReason::parse("nope"), None);
     }
 
     #[test]

@@ -329,8 +329,10 @@ fn log_worker() -> Manifest {
         .endpoint("stats", subjects::LOGS_STATS, queue_groups::MICRO_DEFAULT)
         .endpoint("query", subjects::LOGS_QUERY, queue_groups::MICRO_DEFAULT)
         .stream(streams::LOGS, Role::Owns)
+        .stream(streams::LOGS_DLQ, Role::Owns)
         .consumer(streams::LOGS, consumers::LOG_WORKERS, None)
         .bucket(buckets::LOG_STATS, Role::Owns)
+        .js_publish(subjects::LOGS_DLQ)
 }
 
 fn stock_ticker() -> Manifest {
@@ -471,6 +473,7 @@ mod tests {
             streams::PAYMENTS_ADVISORIES,
             streams::EVENTS,
             streams::LOGS,
+            streams::LOGS_DLQ,
             streams::STOCKS,
             streams::EMAILS,
         ];

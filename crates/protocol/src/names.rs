@@ -46,6 +46,8 @@ pub mod streams {
     pub const PAYMENTS_ADVISORIES: &str = "PAYMENTS_ADVISORIES";
     pub const EVENTS: &str = "EVENTS";
     pub const LOGS: &str = "LOGS";
+    /// Log records a log-worker could not write by their last delivery.
+    pub const LOGS_DLQ: &str = "LOGS_DLQ";
     pub const STOCKS: &str = "STOCKS";
     /// Durable (and scheduled) outgoing email.
     pub const EMAILS: &str = "EMAILS";

@@ -41,6 +41,8 @@ pub const LOGS_ALL: &str = "logs.>";
 pub const LOGS_PROCESS: &str = "logs.process";
 pub const LOGS_STATS: &str = "services.logs.stats";
 pub const LOGS_QUERY: &str = "services.logs.query";
+/// The `LOGS_DLQ` stream's subject (outside `logs.>`, which `LOGS` captures).
+pub const LOGS_DLQ: &str = "dlq.logs";
 /// Log levels, lowest first.
 pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 

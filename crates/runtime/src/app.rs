@@ -5,7 +5,7 @@
 //!                    .with_state(S)                       shared by every handler (S: Clone)
 //!                    .endpoint(name, subject, handler)    handler(S, Req) -> Result<Resp, ServiceError>
 //!                    .pull_worker(name, consumer, n, h)   h(S, jetstream::Message), n at once
-//!                    .batch_worker(name, consumer, n, h)  h(S, Vec<jetstream::Message>)
+//!                    .batch_worker(name, consumer, n, h)  h(S, Vec<jetstream::Message>) -> Vec<AckKind>
 //!                    .task(name, f)                       f(S, stop) -> anyhow::Result<()>
 //!                    .serve()
 //!
@@ -279,7 +279,9 @@ impl<S: Clone + Send + Sync + 'static> Builder<S> {
     }
 
     /// Works a durable pull consumer in batches of up to `batch` messages;
-    /// `handler` acks or naks every message of its batch.
+    /// `handler` returns the answer (ack, nak, term) for each message of its
+    /// batch, in order, and the worker sends them (see
+    /// [`worker::run_batch`]).
     pub fn batch_worker<H, Fut>(
         mut self,
         name: &str,
@@ -289,7 +291,7 @@ impl<S: Clone + Send + Sync + 'static> Builder<S> {
     ) -> Self
     where
         H: Fn(S, Vec<jetstream::Message>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = Vec<jetstream::AckKind>> + Send + 'static,
     {
         let state = self.state.clone();
         let mut context = self.worker_context(name, consumer, batch);

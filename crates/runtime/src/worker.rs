@@ -212,16 +212,26 @@ async fn keep_alive(message: &jetstream::Message, every: Duration) {
 }
 
 /// Runs `handle` on batches of up to `concurrency` messages until `stop`
-/// fires. A batch taken is finished when stopping (for up to the grace
-/// period; after it, every message of the batch is given back).
+/// fires. `handle` returns what to do with each message of its batch, in
+/// the batch's order (ack, nak with or without a delay, term); while it
+/// runs, every message of the batch gets progress acks (every third of the
+/// consumer's ack wait, as in [`run_pull`]), so a slow batch is not
+/// redelivered. The answers are sent only after the progress acks stopped:
+/// a progress ack after a delayed nak would restart the message's ack wait
+/// and cut the delay short. A message `handle` gave no answer for is given
+/// back at once.
+///
+/// A batch taken is finished when stopping (for up to the grace period;
+/// after it, every message of the batch is given back).
 pub async fn run_batch<F, Fut>(ctx: WorkerContext, handle: F)
 where
     F: Fn(Vec<jetstream::Message>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = Vec<AckKind>> + Send + 'static,
 {
     let (name, stop) = (ctx.name.as_str(), &ctx.stop);
     let mut maintenance = ctx.maintenance.clone();
     let batch = ctx.concurrency.max(1);
+    let progress_every = progress_interval(&ctx.consumer.cached_info().config);
     loop {
         if !wait_out_maintenance(name, &mut maintenance, stop).await {
             return;
@@ -258,9 +268,10 @@ where
             biased;
             outcome = run => Some(outcome),
             () = grace_over => None,
+            () = keep_batch_alive(&held, progress_every) => None,
         };
         match outcome {
-            Some(Ok(())) => {}
+            Some(Ok(answers)) => settle(name, &held, &answers).await,
             Some(Err(panic)) => {
                 tracing::error!(worker = %name, panic = panic_message(&panic), count = held.len(), "batch handler panicked; the batch is given back");
                 nak_all(name, &held).await;
@@ -270,6 +281,47 @@ where
                 nak_all(name, &held).await;
                 return;
             }
+        }
+    }
+}
+
+/// Sends each message of a batch its answer; one without an answer is
+/// given back at once.
+async fn settle(name: &str, batch: &[jetstream::Message], answers: &[AckKind]) {
+    if answers.len() != batch.len() {
+        tracing::error!(
+            worker = name,
+            messages = batch.len(),
+            answers = answers.len(),
+            "batch handler did not answer for every message; the rest are given back"
+        );
+    }
+    let sent = futures::future::join_all(batch.iter().enumerate().map(|(i, message)| {
+        let answer = answers.get(i).copied().unwrap_or(AckKind::Nak(None));
+        message.ack_with(answer)
+    }))
+    .await;
+    let failed = sent.iter().filter(|r| r.is_err()).count();
+    if failed > 0 {
+        tracing::warn!(
+            worker = name,
+            failed,
+            "some acks of a batch were not sent; those messages come again after their ack wait"
+        );
+    }
+}
+
+/// Sends progress acks for every message of `batch` every `every`, forever
+/// (the caller drops it when the batch is done). Progress acks for messages
+/// the handler already acked are ignored by the server.
+async fn keep_batch_alive(batch: &[jetstream::Message], every: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        ticks.tick().await;
+        let sent =
+            futures::future::join_all(batch.iter().map(|m| m.ack_with(AckKind::Progress))).await;
+        if let Some(Err(err)) = sent.into_iter().find(Result::is_err) {
+            tracing::debug!(error = %err, "progress ack not sent");
         }
     }
 }

@@ -36,11 +36,32 @@ pub(crate) async fn ensure(
         true,
     )
     .await?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: streams::LOGS_DLQ.into(),
+            description: Some("Log records that could not be written, with the reason".into()),
+            subjects: vec![subjects::LOGS_DLQ.into()],
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            max_bytes: settings.max_bytes,
+            discard: stream::DiscardPolicy::Old,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        },
+        true,
+    )
+    .await?;
+    // A fixed ack wait and no server backoff list: redelivery happens on
+    // purpose only (the worker naks with a delay; a batch being written gets
+    // progress acks), and max_deliver bounds it.
     let config = consumer::pull::Config {
         durable_name: Some(consumers::LOG_WORKERS.into()),
         description: Some("Shared by every log-worker".into()),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_millis(settings.ack_wait_ms.max(500)),
+        max_deliver: i64::from(settings.max_deliver),
         max_ack_pending: 50_000,
         ..Default::default()
     };

@@ -2,13 +2,18 @@
 //!
 //! ```text
 //! logs.<service>.<level> | logs.process ─▶ LOGS (R3, limits by age/size)
-//!   ─▶ durable pull consumer log-workers (N workers split the load)
-//!       batch ─▶ <log_dir>/<service>.jsonl (dedup by stream seq, fsync) ─▶ counters in KV ─▶ ack
+//!   ─▶ durable pull consumer log-workers (N workers split the load; fixed ack
+//!      wait, bounded max_deliver, progress acks while a batch is written)
+//!       batch ─▶ <log_dir>/<service>.jsonl (the subject names the service;
+//!                dedup by stream seq, fsync, rotated by size)
+//!             ─▶ counters in KV ─▶ ack
+//!       a file that cannot be written ─▶ nak(growing delay) … last delivery ─▶ LOGS_DLQ, term
 //! services.logs.stats  ← KV log-stats (cluster-wide)
 //! services.logs.query  ← reads the LOGS stream (not the files)
 //! ```
 
 mod assets;
+mod dlq;
 mod endpoints;
 pub mod files;
 pub mod records;
@@ -32,6 +37,10 @@ const DESCRIPTION: &str = "Persistent distributed logger: logs.> to JSON-lines f
 pub struct WorkerCounters {
     /// Records this instance wrote to the files.
     pub written: AtomicU64,
+    /// Deliveries of records this instance could not write (I/O errors).
+    pub write_failures: AtomicU64,
+    /// Records this instance sent to `LOGS_DLQ`.
+    pub dead_lettered: AtomicU64,
 }
 
 /// The log-worker's state, shared by the batch worker and the endpoints.
@@ -41,6 +50,9 @@ pub(crate) struct LogWorker {
     pub(crate) stats: stats::Stats,
     pub(crate) stream: stream::Stream,
     pub(crate) counters: Arc<WorkerCounters>,
+    pub(crate) dlq: dlq::Dlq,
+    pub(crate) settings: LogStoreSettings,
+    pub(crate) trouble: worker::Trouble,
 }
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -54,8 +66,13 @@ pub async fn run_with(
     counters: Arc<WorkerCounters>,
 ) -> anyhow::Result<()> {
     let logs: LogStoreSettings = settings.section("logs")?;
-    anyhow::ensure!(logs.batch >= 1, "logs.batch must be at least 1");
-    let files = files::Files::new(logs.log_dir.clone())
+    logs.check()?;
+    let limits = files::Limits {
+        max_file_bytes: logs.max_file_bytes,
+        max_files: logs.max_files,
+        ..files::Limits::default()
+    };
+    let files = files::Files::new(logs.log_dir.clone(), limits)
         .map_err(|e| anyhow::anyhow!("cannot use logs.log_dir {}: {e}", logs.log_dir.display()))?;
     let app = App::connect(services::LOG_WORKER, settings, shutdown).await?;
     let assets = assets::ensure(&app.jetstream, app.replicas(), &logs).await?;
@@ -64,6 +81,9 @@ pub async fn run_with(
         stats: stats::Stats::new(assets.kv),
         stream: assets.stream,
         counters,
+        dlq: dlq::Dlq::new(app.jetstream.clone()),
+        settings: logs.clone(),
+        trouble: worker::Trouble::default(),
     });
     app.service(VERSION, DESCRIPTION)
         .with_state(state)

@@ -1,6 +1,8 @@
 //! Turning a `LOGS` message into a line for a file: pure, unit-tested.
 
-use protocol::logs::{LogEntry, LogRecord, valid_service};
+use protocol::logs::{
+    CLAIMED_LEVEL_FIELD, CLAIMED_SERVICE_FIELD, LogEntry, LogRecord, valid_service,
+};
 use protocol::subjects::LOG_LEVELS;
 
 /// Where a message's line goes.
@@ -14,7 +16,8 @@ pub enum Line {
 
 pub const REJECTED_FILE: &str = "_rejected";
 
-/// A record as published; service and level may come from the subject.
+/// A record as published. On `logs.<service>.<level>` the subject decides
+/// service and level; on `logs.process` the body does.
 #[derive(serde::Deserialize)]
 struct RawRecord {
     ts: String,
@@ -50,22 +53,25 @@ pub fn line_for(subject: &str, seq: u64, body: &[u8]) -> Line {
 
 fn check(subject: &str, body: &[u8]) -> Result<LogRecord, String> {
     let mut tokens = subject.split('.');
-    let (from_subject_service, from_subject_level) =
-        match (tokens.next(), tokens.next(), tokens.next(), tokens.next()) {
-            (Some("logs"), Some("process"), None, None) => (None, None),
-            (Some("logs"), Some(service), Some(level), None) => (Some(service), Some(level)),
-            _ => {
-                return Err(format!(
-                    "subject {subject:?} is not logs.<service>.<level> or logs.process"
-                ));
-            }
-        };
-    if let Some(level) = from_subject_level
-        && !LOG_LEVELS.contains(&level)
-    {
-        return Err(format!("unknown level {level:?} in the subject"));
+    let from_subject = match (tokens.next(), tokens.next(), tokens.next(), tokens.next()) {
+        (Some("logs"), Some("process"), None, None) => None,
+        (Some("logs"), Some(service), Some(level), None) => Some((service, level)),
+        _ => {
+            return Err(format!(
+                "subject {subject:?} is not logs.<service>.<level> or logs.process"
+            ));
+        }
+    };
+    if let Some((service, level)) = from_subject {
+        if !valid_service(service) {
+            return Err(format!(
+                "service {service:?} in the subject must be 1 to 64 characters of A-Z a-z 0-9 _ -"
+            ));
+        }
+        if !LOG_LEVELS.contains(&level) {
+            return Err(format!("unknown level {level:?} in the subject"));
+        }
     }
-    // One parse; the body's service and level win, the subject fills them in.
     let raw: RawRecord = serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data if body.first() != Some(&b'{') => {
             "the body is not a JSON object".to_owned()
@@ -73,18 +79,37 @@ fn check(subject: &str, body: &[u8]) -> Result<LogRecord, String> {
         serde_json::error::Category::Data => format!("invalid record: {e}"),
         _ => format!("malformed JSON: {e}"),
     })?;
-    let (Some(service), Some(level)) = (
-        raw.service.or(from_subject_service.map(str::to_owned)),
-        raw.level.or(from_subject_level.map(str::to_owned)),
-    ) else {
-        return Err("invalid record: service and level are required on logs.process".to_owned());
+    let mut fields = raw.fields;
+    let (service, level) = match from_subject {
+        // The subject decides (a service may only publish on its own
+        // subjects); a body that claims otherwise is kept, with the claim.
+        Some((service, level)) => {
+            for (key, claimed, actual) in [
+                (CLAIMED_SERVICE_FIELD, raw.service, service),
+                (CLAIMED_LEVEL_FIELD, raw.level, level),
+            ] {
+                if let Some(claimed) = claimed.filter(|c| c != actual) {
+                    fields.insert(key.to_owned(), claimed.into());
+                }
+            }
+            (service.to_owned(), level.to_owned())
+        }
+        // logs.process has no service in its subject: the body says it.
+        None => match (raw.service, raw.level) {
+            (Some(service), Some(level)) => (service, level),
+            _ => {
+                return Err(
+                    "invalid record: service and level are required on logs.process".to_owned(),
+                );
+            }
+        },
     };
     let record = LogRecord {
         ts: raw.ts,
         service,
         level,
         message: raw.message,
-        fields: raw.fields,
+        fields,
     };
     if !valid_service(&record.service) {
         return Err(format!(
@@ -135,6 +160,42 @@ mod tests {
     }
 
     #[test]
+    fn the_subject_decides_over_the_body() {
+        let body = br#"{"ts":"t","service":"payment-processor","level":"error","message":"m","fields":{"a":1}}"#;
+        let Line::Record { record, line } = line_for("logs.math-service.info", 3, body) else {
+            panic!()
+        };
+        assert_eq!(
+            (record.service.as_str(), record.level.as_str()),
+            ("math-service", "info")
+        );
+        assert_eq!(record.fields[CLAIMED_SERVICE_FIELD], "payment-processor");
+        assert_eq!(record.fields[CLAIMED_LEVEL_FIELD], "error");
+        assert_eq!(record.fields["a"], 1);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["service"], "math-service");
+        // A body that agrees (or says nothing) gets no note.
+        let Line::Record { record, .. } = line_for(
+            "logs.math.warn",
+            4,
+            br#"{"ts":"t","service":"math","level":"warn","message":"m"}"#,
+        ) else {
+            panic!()
+        };
+        assert!(record.fields.is_empty());
+        // Even a body service that could not name a file is only a claim.
+        let Line::Record { record, .. } = line_for(
+            "logs.math.info",
+            5,
+            br#"{"ts":"t","service":"../etc/passwd","level":"loud","message":"m"}"#,
+        ) else {
+            panic!()
+        };
+        assert_eq!(record.service, "math");
+        assert_eq!(record.fields[CLAIMED_SERVICE_FIELD], "../etc/passwd");
+    }
+
+    #[test]
     fn rejections() {
         assert!(reason("logs.math.loud", r#"{"ts":"t","message":"m"}"#).contains("unknown level"));
         assert!(
@@ -158,5 +219,6 @@ mod tests {
             .contains("service")
         );
         assert!(reason("logs.a.b.c", "{}").contains("subject"));
+        assert!(reason("logs.a:b.info", r#"{"ts":"t","message":"m"}"#).contains("subject"));
     }
 }

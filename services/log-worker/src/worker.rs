@@ -1,21 +1,60 @@
 //! One batch from the shared consumer, written to the files.
+//!
+//! Each file is written on its own: the messages of a file that was written
+//! (or already held them) are acked; those of a file that could not be
+//! written (disk full, I/O error, permissions) are given back with a delay
+//! that doubles with each delivery (`logs.retry_min_ms` up to
+//! `logs.retry_max_ms`), and at their last delivery (`logs.max_deliver`) go
+//! to `LOGS_DLQ` and are termed. One failing file does not hold up the others.
 
 use crate::LogWorker;
+use crate::files::Appended;
 use crate::records::{self, Line, REJECTED_FILE};
 use async_nats::jetstream::{self, AckKind};
-use protocol::logs::LogStats;
+use protocol::logs::{DlqReason, LogStats};
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// Writes a batch to the files (records already there are skipped), counts
-/// it, then acks it; a batch that cannot be written is given back.
-pub(crate) async fn write_batch(state: Arc<LogWorker>, messages: Vec<jetstream::Message>) {
-    let messages = messages.as_slice();
+/// Files that failed, and the longest retry delay already logged for each:
+/// a warning is logged once per backoff step, not once per batch.
+#[derive(Debug, Default)]
+pub(crate) struct Trouble(Mutex<HashMap<String, Duration>>);
+
+impl Trouble {
+    /// Whether `delay` for `file` is a step not logged yet.
+    fn new_step(&self, file: &str, delay: Duration) -> bool {
+        let Ok(mut steps) = self.0.lock() else {
+            return true;
+        };
+        match steps.get(file) {
+            Some(logged) if *logged >= delay => false,
+            _ => {
+                steps.insert(file.to_owned(), delay);
+                true
+            }
+        }
+    }
+
+    /// Whether `file` had failed before (and now is fine again).
+    fn recovered(&self, file: &str) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|mut steps| steps.remove(file).is_some())
+    }
+}
+
+/// Writes a batch to the files (records already there are skipped) and
+/// counts it; answers ack for what is in the files, and a delayed nak (or,
+/// after the DLQ, a term) for the rest.
+pub(crate) async fn write_batch(
+    state: Arc<LogWorker>,
+    messages: Vec<jetstream::Message>,
+) -> Vec<AckKind> {
     let mut by_file: HashMap<String, Vec<(u64, String)>> = HashMap::new();
     let mut kinds: HashMap<u64, (String, String)> = HashMap::new();
-    for message in messages {
+    for message in &messages {
         let Ok(info) = message.info() else { continue };
         let seq = info.stream_sequence;
         match records::line_for(&message.subject, seq, &message.payload) {
@@ -35,35 +74,66 @@ pub(crate) async fn write_batch(state: Arc<LogWorker>, messages: Vec<jetstream::
             }
         }
     }
+    let all_seqs: Vec<(String, Vec<u64>)> = by_file
+        .iter()
+        .map(|(name, lines)| (name.clone(), lines.iter().map(|(s, _)| *s).collect()))
+        .collect();
     let files = state.files.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        let mut files = files
-            .lock()
-            .map_err(|_| std::io::Error::other("log files lock poisoned"))?;
-        let mut written = Vec::new();
-        for (name, lines) in by_file {
-            let seqs = files.append(&name, &lines)?;
-            written.push((name, seqs));
-        }
-        Ok::<_, std::io::Error>(written)
+    let appended = tokio::task::spawn_blocking(move || {
+        // A panic while the lock was held leaves only the memory of recent
+        // seqs behind, which stays right: go on with it.
+        let mut files = files.lock().unwrap_or_else(PoisonError::into_inner);
+        by_file
+            .into_iter()
+            .map(|(name, lines)| {
+                let done = files.append(&name, &lines);
+                (name, done)
+            })
+            .collect::<Vec<_>>()
     })
-    .await;
-    let written = match written {
-        Ok(Ok(written)) => written,
-        Ok(Err(err)) => return give_back(messages, &format!("writing log files: {err}")).await,
-        Err(err) => return give_back(messages, &format!("log writer task failed: {err}")).await,
-    };
+    .await
+    .map_err(|e| format!("log writer task failed: {e}"));
+    // Nothing known written when the writer itself failed: every file's
+    // records are given back.
+    let appended = appended.unwrap_or_else(|why| {
+        all_seqs
+            .into_iter()
+            .map(|(name, seqs)| {
+                let done = Appended {
+                    written: Vec::new(),
+                    unwritten: seqs,
+                    error: Some(std::io::Error::other(why.clone())),
+                };
+                (name, done)
+            })
+            .collect()
+    });
+
     let mut delta = LogStats::default();
-    for (name, seqs) in &written {
+    // seq -> (file, error) of every record not in its file.
+    let mut unwritten: HashMap<u64, (String, String)> = HashMap::new();
+    for (name, done) in &appended {
         if name == REJECTED_FILE {
-            delta.rejected += seqs.len() as u64;
-            continue;
+            delta.rejected += done.written.len() as u64;
         }
-        for seq in seqs {
+        for seq in &done.written {
             if let Some((service, level)) = kinds.get(seq) {
                 delta.processed += 1;
                 *delta.by_level.entry(level.clone()).or_insert(0) += 1;
                 *delta.by_service.entry(service.clone()).or_insert(0) += 1;
+            }
+        }
+        match &done.error {
+            Some(err) => {
+                let error = format!("writing {name}.jsonl: {err}");
+                for seq in &done.unwritten {
+                    unwritten.insert(*seq, (name.clone(), error.clone()));
+                }
+            }
+            None => {
+                if state.trouble.recovered(name) {
+                    tracing::info!(file = %name, "log file written again");
+                }
             }
         }
     }
@@ -71,27 +141,71 @@ pub(crate) async fn write_batch(state: Arc<LogWorker>, messages: Vec<jetstream::
         .counters
         .written
         .fetch_add(delta.processed, Ordering::Relaxed);
+    state
+        .counters
+        .write_failures
+        .fetch_add(unwritten.len() as u64, Ordering::Relaxed);
     if let Err(err) = state.stats.add(&delta).await {
         // The records are safe in the files; only the counters lag.
         tracing::warn!(error = %format!("{err:#}"), "log stats not updated for a batch");
     }
-    let acks = futures::future::join_all(messages.iter().map(|m| m.ack())).await;
-    let failed = acks.iter().filter(|a| a.is_err()).count();
-    if failed > 0 {
-        tracing::warn!(
-            failed,
-            "some log acks failed; those records come again and are skipped as written"
-        );
-    }
+
+    let state = &*state;
+    let answers = messages.iter().map(|message| {
+        let failed = message.info().ok().and_then(|info| {
+            unwritten
+                .get(&info.stream_sequence)
+                .map(|f| (info.stream_sequence, info.delivered, f))
+        });
+        async move {
+            match failed {
+                None => AckKind::Ack,
+                Some((seq, delivered, (file, error))) => {
+                    give_back(state, message, seq, delivered, file, error).await
+                }
+            }
+        }
+    });
+    futures::future::join_all(answers).await
 }
 
-async fn give_back(messages: &[jetstream::Message], why: &str) {
-    tracing::error!(
-        error = why,
-        count = messages.len(),
-        "a log batch was not written; it will be redelivered"
-    );
-    for m in messages {
-        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+/// The answer for a record its file could not take: a nak with a delay, or
+/// at its last delivery, once it is in `LOGS_DLQ`, a term.
+async fn give_back(
+    state: &LogWorker,
+    message: &jetstream::Message,
+    seq: u64,
+    delivered: i64,
+    file: &str,
+    error: &str,
+) -> AckKind {
+    let delivered = u64::try_from(delivered).unwrap_or(0);
+    if delivered >= u64::from(state.settings.max_deliver) {
+        match state
+            .dlq
+            .send(message, DlqReason::WriteFailed, error, seq, delivered)
+            .await
+        {
+            Ok(()) => {
+                state.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) => tracing::error!(
+                seq,
+                error = %format!("{err:#}"),
+                "a log record could not be written nor sent to the DLQ; it stays in LOGS only"
+            ),
+        }
+        return AckKind::Term;
     }
+    let delay = state.settings.retry_delay(delivered);
+    if state.trouble.new_step(file, delay) {
+        tracing::warn!(
+            file,
+            error,
+            delivered,
+            retry_in_ms = delay.as_millis() as u64,
+            "log records not written; given back to retry later"
+        );
+    }
+    AckKind::Nak(Some(delay))
 }

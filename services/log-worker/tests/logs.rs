@@ -7,10 +7,11 @@
     reason = "a test fails by panicking"
 )]
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::future::join_all;
 use log_worker::WorkerCounters;
-use protocol::logs::{LogQueryReply, LogStats};
+use protocol::logs::{CLAIMED_SERVICE_FIELD, DlqReason, LogQueryReply, LogStats, dlq_headers};
+use protocol::names::{consumers, streams};
 use protocol::{ErrorCode, subjects};
 use runtime::client::{call, request_raw};
 use runtime::settings::Value;
@@ -27,17 +28,65 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A log-worker in this process writing to `dir`, and what it counted.
 async fn start(cluster: &Cluster, dir: &Path) -> (TestService, Arc<WorkerCounters>) {
+    start_with(cluster, dir, &[]).await
+}
+
+/// [`start`] with more settings.
+async fn start_with(
+    cluster: &Cluster,
+    dir: &Path,
+    settings: &[(&str, Value)],
+) -> (TestService, Arc<WorkerCounters>) {
     let counters = Arc::new(WorkerCounters::default());
+    let mut all = vec![("logs.log_dir", Value::from(dir.to_str().unwrap()))];
+    all.extend(settings.iter().cloned());
     let service = testkit::spawn_service(
         {
             let c = counters.clone();
             move |s, t| log_worker::run_with(s, t, c)
         },
         cluster,
-        &[("logs.log_dir", Value::from(dir.to_str().unwrap()))],
+        &all,
     )
     .await;
     (service, counters)
+}
+
+/// `seq -> count` over `<name>.jsonl` and its rotated files `<name>.<n>.jsonl`.
+fn seqs_rotated(dir: &Path, name: &str) -> HashMap<u64, usize> {
+    let mut out = seqs(dir, name);
+    for n in 1.. {
+        if !dir.join(format!("{name}.{n}.jsonl")).exists() {
+            break;
+        }
+        for (seq, count) in seqs(dir, &format!("{name}.{n}")) {
+            *out.entry(seq).or_insert(0) += count;
+        }
+    }
+    out
+}
+
+/// Publishes `body` on `subject` to `LOGS`; its stream sequence.
+async fn publish(js: &jetstream::Context, subject: &str, body: bytes::Bytes) -> u64 {
+    js.publish(subject.to_owned(), body)
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+}
+
+async fn query(client: &async_nats::Client, q: serde_json::Value) -> LogQueryReply {
+    call(client, subjects::LOGS_QUERY, &q, TIMEOUT)
+        .await
+        .unwrap()
+}
+
+/// Messages of the `log-workers` consumer delivered and not yet acked.
+async fn ack_pending(js: &jetstream::Context) -> usize {
+    let stream = js.get_stream(streams::LOGS).await.unwrap();
+    let mut consumer: PullConsumer = stream.get_consumer(consumers::LOG_WORKERS).await.unwrap();
+    consumer.info().await.unwrap().num_ack_pending
 }
 
 /// `seq -> count` over every line of `<dir>/<name>.jsonl`.
@@ -394,4 +443,204 @@ async fn three_worker_processes_one_sigkilled_write_each_record_once() {
     for mut p in procs.drain(1..) {
         p.kill().await;
     }
+}
+
+#[tokio::test]
+async fn the_subject_decides_the_service_and_rotated_files_keep_every_record() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (worker, _) = start_with(
+        &cluster,
+        dir.path(),
+        &[
+            ("logs.max_file_bytes", Value::from(1024)),
+            ("logs.max_files", Value::from(100)),
+        ],
+    )
+    .await;
+    let client = cluster.client().await.unwrap();
+    let js = jetstream::new(client.clone());
+
+    // math-service claims to be payment-processor: filed as math-service.
+    let spoof = publish(
+        &js,
+        "logs.math-service.info",
+        record("payment-processor", "info", "not really payments"),
+    )
+    .await;
+    testkit::eventually("the spoof written", Duration::from_secs(15), || async {
+        match seqs(dir.path(), "math-service").get(&spoof) {
+            Some(1) => Ok(()),
+            other => Err(format!("math-service.jsonl has it {other:?} times")),
+        }
+    })
+    .await;
+    assert!(
+        !dir.path().join("payment-processor.jsonl").exists(),
+        "nothing was written into payment-processor's file"
+    );
+    let line = std::fs::read_to_string(dir.path().join("math-service.jsonl")).unwrap();
+    let stored: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(stored["service"], "math-service");
+    assert_eq!(stored["fields"][CLAIMED_SERVICE_FIELD], "payment-processor");
+    let q = query(&client, json!({"service": "payment-processor"})).await;
+    assert!(q.entries.is_empty(), "{q:?}");
+    let q = query(&client, json!({})).await;
+    let entry = q.entries.iter().find(|e| e.seq == spoof).unwrap();
+    assert_eq!(entry.record.service, "math-service");
+    let s = testkit::eventually("counted", Duration::from_secs(15), || async {
+        let s = stats(&client).await;
+        if s.processed >= 1 {
+            Ok(s)
+        } else {
+            Err(format!("stats: {s:?}"))
+        }
+    })
+    .await;
+    assert_eq!(s.by_service.get("math-service"), Some(&1));
+    assert_eq!(s.by_service.get("payment-processor"), None);
+
+    // Rotation: 40 records of ~200 bytes in files of at most 1 KiB.
+    let mut published = HashSet::new();
+    for i in 0..40 {
+        published.insert(
+            publish(
+                &js,
+                "logs.rot.info",
+                record(
+                    "rot",
+                    "info",
+                    &format!("rotating {i:02} {}", "x".repeat(80)),
+                ),
+            )
+            .await,
+        );
+    }
+    testkit::eventually("all 40 written", Duration::from_secs(15), || async {
+        match seqs_rotated(dir.path(), "rot").len() {
+            40 => Ok(()),
+            n => Err(format!("{n} of 40 written")),
+        }
+    })
+    .await;
+    let counts = seqs_rotated(dir.path(), "rot");
+    assert!(counts.values().all(|&n| n == 1), "a record written twice");
+    assert_eq!(counts.keys().copied().collect::<HashSet<_>>(), published);
+    let files: Vec<u64> = std::iter::once("rot.jsonl".to_owned())
+        .chain((1..).map(|n| format!("rot.{n}.jsonl")))
+        .map_while(|name| std::fs::metadata(dir.path().join(name)).ok())
+        .map(|m| m.len())
+        .collect();
+    assert!(files.len() >= 5, "rotated into {} files", files.len());
+    assert!(files.iter().all(|&len| len <= 1024), "{files:?}");
+    let q = query(&client, json!({"service": "rot", "limit": 1000})).await;
+    assert_eq!(
+        q.entries.iter().map(|e| e.seq).collect::<HashSet<_>>(),
+        published,
+        "the query returns every record, rotated or not"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn disk_full_backs_off_then_writes_or_dead_letters() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (worker, counters) = start_with(
+        &cluster,
+        dir.path(),
+        &[
+            ("logs.max_deliver", Value::from(4)),
+            ("logs.retry_min_ms", Value::from(500)),
+            ("logs.retry_max_ms", Value::from(2000)),
+            ("logs.ack_wait_ms", Value::from(3000)),
+        ],
+    )
+    .await;
+    let client = cluster.client().await.unwrap();
+    let js = jetstream::new(client.clone());
+    // Writes to /dev/full fail with ENOSPC: a full disk, without root.
+    let full = dir.path().join("full.jsonl");
+    std::os::unix::fs::symlink("/dev/full", &full).unwrap();
+
+    // A full file holds back only its own records.
+    let held = publish(&js, "logs.full.info", record("full", "info", "wait")).await;
+    let fine = publish(&js, "logs.ok.info", record("ok", "info", "fine")).await;
+    testkit::eventually("a write failed", Duration::from_secs(15), || async {
+        match counters.write_failures.load(Ordering::Relaxed) {
+            0 => Err("no write failed yet"),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    testkit::eventually("ok written", Duration::from_secs(15), || async {
+        match seqs(dir.path(), "ok").get(&fine) {
+            Some(1) => Ok(()),
+            other => Err(format!("ok.jsonl has it {other:?} times")),
+        }
+    })
+    .await;
+    assert!(
+        ack_pending(&js).await >= 1,
+        "the full file's record is not acked"
+    );
+    assert!(worker.is_running());
+    // Room again: the record comes back and is written.
+    std::fs::remove_file(&full).unwrap();
+    testkit::eventually("held written", Duration::from_secs(15), || async {
+        match seqs(dir.path(), "full").get(&held) {
+            Some(1) => Ok(()),
+            other => Err(format!("full.jsonl has it {other:?} times")),
+        }
+    })
+    .await;
+    testkit::eventually("all acked", Duration::from_secs(15), || async {
+        match ack_pending(&js).await {
+            0 => Ok(()),
+            n => Err(format!("{n} pending")),
+        }
+    })
+    .await;
+    assert_eq!(counters.dead_lettered.load(Ordering::Relaxed), 0);
+
+    // Still full at the last delivery: to LOGS_DLQ, as published, and termed.
+    let doomed = dir.path().join("doomed.jsonl");
+    std::os::unix::fs::symlink("/dev/full", &doomed).unwrap();
+    let body = record("doomed", "warn", "no room");
+    let seq = publish(&js, "logs.doomed.warn", body.clone()).await;
+    let dlq = js.get_stream(streams::LOGS_DLQ).await.unwrap();
+    let entry = testkit::eventually("in the DLQ", Duration::from_secs(30), || async {
+        dlq.get_last_raw_message_by_subject(subjects::LOGS_DLQ)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let header = |name: &str| {
+        entry
+            .headers
+            .get(name)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(entry.payload, body);
+    assert_eq!(header(dlq_headers::REASON), DlqReason::WriteFailed.as_str());
+    assert_eq!(header(dlq_headers::SUBJECT), "logs.doomed.warn");
+    assert_eq!(header(dlq_headers::STREAM_SEQ), seq.to_string());
+    assert_eq!(header(dlq_headers::DELIVERIES), "4");
+    assert!(
+        header(dlq_headers::ERROR).contains("No space left"),
+        "{}",
+        header(dlq_headers::ERROR)
+    );
+    testkit::eventually("termed", Duration::from_secs(15), || async {
+        match ack_pending(&js).await {
+            0 => Ok(()),
+            n => Err(format!("{n} pending")),
+        }
+    })
+    .await;
+    assert_eq!(counters.dead_lettered.load(Ordering::Relaxed), 1);
+    assert!(doomed.is_symlink(), "nothing replaced the full file");
+    assert!(worker.is_running());
+    worker.stop().await;
 }
