@@ -145,22 +145,24 @@ async fn finish(message: &jetstream::Message, id: &str, reply: Reply) {
 /// of the bucket's stream, which its leader answers (a direct get may be
 /// answered by a follower that has not seen the latest write).
 async fn recorded(ctx: &Notifier, id: &str) -> anyhow::Result<Option<SentRecord>> {
-    let subject = subjects::kv_key(&ctx.sent.name, id);
-    let raw = runtime::js::retry(&format!("reading {subject}"), ctx.budget(), || async {
-        match ctx
-            .sent
-            .stream
-            .get_last_raw_message_by_subject(&subject)
-            .await
-        {
-            Ok(message) => Ok(Some(message)),
-            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(err) => Err(err),
-        }
+    runtime::js::retry(&format!("reading the record of {id}"), ctx.budget(), || {
+        read_record(ctx, id)
     })
-    .await?;
-    let Some(raw) = raw else {
-        return Ok(None);
+    .await
+}
+
+/// One try of [`recorded`].
+async fn read_record(ctx: &Notifier, id: &str) -> Result<Option<SentRecord>, String> {
+    let subject = subjects::kv_key(&ctx.sent.name, id);
+    let raw = match ctx
+        .sent
+        .stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+    {
+        Ok(raw) => raw,
+        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(err) => return Err(format!("reading {subject}: {err}")),
     };
     // A delete or purge marker means no record (the notifier writes none).
     if raw
@@ -201,7 +203,8 @@ async fn record(ctx: &Notifier, job: &EmailJob) -> anyhow::Result<()> {
                 {
                     Ok(())
                 }
-                Err(err) => match recorded(ctx, &job.id).await {
+                // Written after all (a lost ack), or not: one leader read tells.
+                Err(err) => match read_record(ctx, &job.id).await {
                     Ok(Some(_)) => Ok(()),
                     _ => Err(err),
                 },
