@@ -67,6 +67,24 @@ pub struct EmailEvent {
     pub error: Option<String>,
 }
 
+/// The longest email id, in bytes: `rcpt-` and the longest payment id.
+pub const EMAIL_ID_MAX_LEN: usize = 5 + crate::payment::PAYMENT_ID_MAX_LEN;
+
+/// Whether `id` can be an email id: 1 to [`EMAIL_ID_MAX_LEN`] bytes of
+/// `A-Z a-z 0-9 _ -`, so it is also a valid KV key (bucket `email-sent`), a
+/// subject token, a file name and the local part of its `Message-ID`. Every id
+/// the notifier makes passes: `em-<nuid>`, `em-<24 hex digits>` (from an
+/// idempotency key) and `rcpt-<payment_id>`.
+pub fn valid_id(id: &str) -> bool {
+    crate::token::check(id, EMAIL_ID_MAX_LEN, crate::token::Charset::Safe).is_ok()
+}
+
+/// The `Message-ID` header of mail `id`: `<id@switchyard>`. The same for
+/// every delivery of the same mail, so receivers can drop a second copy.
+pub fn message_id(id: &str) -> String {
+    format!("<{id}@switchyard>")
+}
+
 /// Subjects of stream `EMAILS`.
 pub mod subjects {
     /// Mails ready to send.
@@ -132,5 +150,17 @@ mod tests {
         let back: EmailJob = serde_json::from_slice(&serde_json::to_vec(&job).unwrap()).unwrap();
         assert_eq!(back, job);
         assert_eq!(subjects::scheduled("em-1"), "email.scheduled.em-1");
+    }
+
+    #[test]
+    fn ids_and_message_ids() {
+        assert!(valid_id("em-4vWGYd3cBvHqPYXUQ2Mf0b"));
+        assert!(valid_id("rcpt-pay_001"));
+        assert!(valid_id(&format!("rcpt-{}", "p".repeat(128))));
+        assert!(!valid_id(&format!("rcpt-{}", "p".repeat(129))));
+        for bad in ["", "em.1", "em 1", "em*", "em>", "<em>", "em@x", "em/1"] {
+            assert!(!valid_id(bad), "{bad:?}");
+        }
+        assert_eq!(message_id("em-1"), "<em-1@switchyard>");
     }
 }

@@ -273,6 +273,7 @@ fn email_notifier() -> Manifest {
     )
     .stream(streams::EMAILS, Role::Owns)
     .stream(streams::EVENTS, Role::Uses)
+    .bucket(buckets::EMAIL_SENT, Role::Owns)
     .consumer(
         streams::EMAILS,
         consumers::EMAIL_SENDER,
@@ -483,6 +484,7 @@ mod tests {
             buckets::REGISTRY,
             buckets::STOCKS_LEASE,
             buckets::LOG_STATS,
+            buckets::EMAIL_SENT,
         ];
         for stream in all_streams {
             let owners = ALL

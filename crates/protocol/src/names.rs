@@ -73,6 +73,9 @@ pub mod buckets {
     pub const STOCKS_LEASE: &str = "stock-ticker-lease";
     /// Cluster-wide log-worker counters (key `totals`).
     pub const LOG_STATS: &str = "log-stats";
+    /// The email-notifier's durable record of mails the SMTP relay accepted
+    /// (key = email id, written right after the relay's 250).
+    pub const EMAIL_SENT: &str = "email-sent";
 }
 
 /// Well-known KV keys.

@@ -5,10 +5,23 @@
 //!   validate ─▶ JetStream publish to EMAILS (Nats-Msg-Id: id or idem.<key>) ─▶ reply {accepted, id, scheduled_for}
 //!     now:    email.outbox
 //!     later:  email.scheduled.<id> with Nats-Schedule: @at <time> → the server moves it to email.outbox then
-//! durable consumer email-sender on email.outbox ─▶ transport (SMTP or .eml outbox) ─▶ events.email.sent, ack
+//! durable consumer email-sender on email.outbox (fixed ack wait, progress acks while a send runs)
+//!   sent before? (KV email-sent, read from its stream leader) ─ yes ─▶ events.email.sent, ack
+//!   no ─▶ transport (SMTP or .eml outbox) ─▶ record in email-sent ─▶ events.email.sent ─▶ double ack
 //!     transport error ─▶ nak with backoff … last delivery ─▶ events.email.failed, term
+//!     event not published ─▶ nak with backoff; the redelivery finds the record and only publishes
 //! durable consumer email-receipts on EVENTS events.payment.completed ─▶ a receipt job in email.outbox
 //! ```
+//!
+//! **Each mail once, where SMTP allows it.** SMTP has no idempotency key, so
+//! a mail id is sent at most once except when the relay accepted it (its
+//! 250) and the notifier could not record that: it died in between, or the
+//! record could not be written to JetStream within `email.publish_budget_ms`.
+//! Then the mail is redelivered and sent again, with the same `Message-ID`
+//! (`<id@switchyard>`), so the receiver can drop the copy. The same holds for
+//! a send that is cut off after the relay took the data: a relay that does
+//! not answer within `email.smtp_timeout_ms`, or a stop whose shutdown grace
+//! ends mid-send.
 
 mod accept;
 mod assets;
@@ -18,7 +31,7 @@ mod settings;
 pub mod transport;
 
 use anyhow::Context as _;
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
 use lettre::message::Mailbox;
 use protocol::names::{queue_groups, services};
 use protocol::subjects;
@@ -40,12 +53,16 @@ pub(crate) struct Notifier {
     pub(crate) js: jetstream::Context,
     pub(crate) settings: EmailSettings,
     pub(crate) transport: Arc<dyn Transport>,
+    /// Bucket `email-sent`: the record of mail the relay accepted.
+    pub(crate) sent: kv::Store,
+    /// This instance's id, kept in the records it writes.
+    pub(crate) instance: String,
 }
 
 impl Notifier {
     /// How long JetStream publishes are retried.
     pub(crate) fn budget(&self) -> Duration {
-        Duration::from_secs(10)
+        self.settings.publish_budget()
     }
 }
 
@@ -57,7 +74,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .parse()
         .with_context(|| format!("email.from {:?} is not a mailbox", email.from))?;
     let transport: Arc<dyn Transport> = match &email.smtp_url {
-        Some(url) => Arc::new(Smtp::new(url, from)?),
+        Some(url) => Arc::new(Smtp::new(url, from, email.smtp_timeout())?),
         None => Arc::new(
             Outbox::new(email.outbox_dir.clone(), from)
                 .with_context(|| format!("creating the outbox {}", email.outbox_dir.display()))?,
@@ -73,10 +90,16 @@ pub async fn run_with_transport(
     transport: Arc<dyn Transport>,
 ) -> anyhow::Result<()> {
     let email: EmailSettings = settings.section("email")?;
-    anyhow::ensure!(
-        email.max_deliver >= 1,
-        "email.max_deliver must be at least 1"
-    );
+    email.check()?;
+    let grace = settings.service.shutdown_grace();
+    if email.smtp_url.is_some() && email.smtp_timeout() > grace {
+        tracing::info!(
+            smtp_timeout = ?email.smtp_timeout(),
+            ?grace,
+            "email.smtp_timeout_ms is longer than service.shutdown_grace_ms: a stop can cut off \
+             a send the relay then accepts, and the mail is sent again (same Message-ID)"
+        );
+    }
     let app = App::connect(services::EMAIL_NOTIFIER, settings, shutdown).await?;
     let assets = assets::ensure(&app.jetstream, app.replicas(), &email).await?;
     let concurrency = email.concurrency;
@@ -84,6 +107,8 @@ pub async fn run_with_transport(
         js: app.jetstream.clone(),
         settings: email,
         transport,
+        sent: assets.sent,
+        instance: app.id().to_owned(),
     });
     app.service(VERSION, DESCRIPTION)
         .with_state(state)

@@ -61,12 +61,17 @@ pub(crate) async fn receipt(ctx: Arc<Notifier>, message: jetstream::Message) {
     )
     .await;
     let reply = match queued {
-        Ok(_) => message.ack().await,
+        // Double ack: the server confirms it, so a lost ack does not bring
+        // the event back (it would only queue a duplicate the Msg-Id drops).
+        Ok(_) => message.double_ack().await,
         Err(err) => {
-            tracing::warn!(payment_id = %event.payment_id, error = %format!("{err:#}"), "receipt not queued; retrying");
-            message
-                .ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(1))))
-                .await
+            let delivered = message
+                .info()
+                .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
+                .unwrap_or(1);
+            let delay = ctx.settings.backoff_after(delivered);
+            tracing::warn!(payment_id = %event.payment_id, error = %format!("{err:#}"), ?delay, "receipt not queued; retrying");
+            message.ack_with(AckKind::Nak(Some(delay))).await
         }
     };
     if let Err(err) = reply {
