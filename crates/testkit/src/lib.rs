@@ -22,6 +22,7 @@ mod service;
 
 pub use cluster::{Cluster, ClusterOptions, nats_server_bin, node_urls};
 pub use process::spawn_tied;
+pub mod smtp;
 pub use service::{
     TAG_KEY, TestProcess, TestService, eventually, instances, spawn_process, spawn_service,
 };

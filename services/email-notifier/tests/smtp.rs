@@ -22,11 +22,9 @@ use protocol::subjects;
 use runtime::client::call;
 use runtime::settings::Value;
 use serde_json::json;
-use std::io::BufRead as _;
 use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use testkit::smtp::{Sink, header};
 use testkit::{Cluster, TestService};
 
 /// One scenario at a time: they share the `email-sender` consumer.
@@ -40,132 +38,6 @@ const ACK_WAIT_MS: u64 = 1_500;
 const SLOW_RELAY_MS: u64 = 3_500;
 /// How long the tests wait for something that happens within seconds.
 const WITHIN: Duration = Duration::from_secs(20);
-
-/// The Python with aiosmtpd: `$VIRTUAL_ENV/bin/python`, else the
-/// workspace's `.venv/bin/python` (made by `just setup`), else the one next
-/// to the pinned nats-server (which that venv installs). Never skips.
-fn python() -> PathBuf {
-    let mut tried = Vec::new();
-    let venv = std::env::var_os("VIRTUAL_ENV").map(|v| PathBuf::from(v).join("bin/python"));
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    let beside_nats = testkit::nats_server_bin()
-        .ok()
-        .and_then(|bin| Some(bin.parent()?.join("python")));
-    for candidate in [venv, Some(workspace), beside_nats].into_iter().flatten() {
-        if candidate.is_file() {
-            return candidate;
-        }
-        tried.push(candidate.display().to_string());
-    }
-    panic!(
-        "no Python for the SMTP sink (tried {tried:?}): run `just setup`, or set VIRTUAL_ENV \
-         to a venv with requirements-dev.txt installed"
-    );
-}
-
-/// A running `smtp_sink.py`: a real SMTP server on 127.0.0.1. Killed (by
-/// PID) when dropped; it also dies with the test process.
-struct Sink {
-    child: Child,
-    port: u16,
-    /// Holds `mail/` (one `.eml` per message received), `delay_ms` and the
-    /// sink's log.
-    dir: tempfile::TempDir,
-}
-
-impl Sink {
-    async fn start() -> Sink {
-        let dir = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(dir.path().join("sink.log")).unwrap();
-        let mut command = Command::new(python());
-        command
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_sink.py"))
-            .arg("--dir")
-            .arg(dir.path().join("mail"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log);
-        let mut child = testkit::spawn_tied(command).expect("starting the SMTP sink");
-        let stdout = child.stdout.take().unwrap();
-        let line = tokio::time::timeout(
-            WITHIN,
-            tokio::task::spawn_blocking(move || {
-                let mut line = String::new();
-                std::io::BufReader::new(stdout)
-                    .read_line(&mut line)
-                    .map(|_| line)
-            }),
-        )
-        .await;
-        let port = line
-            .ok()
-            .and_then(|joined| joined.ok())
-            .and_then(Result::ok)
-            .and_then(|line| line.trim().parse::<u16>().ok());
-        let sink = Sink {
-            child,
-            port: port.unwrap_or(0),
-            dir,
-        };
-        assert!(
-            port.is_some(),
-            "the SMTP sink did not report its port; its log:\n{}",
-            sink.log()
-        );
-        sink
-    }
-
-    fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("sink.log")).unwrap_or_default()
-    }
-
-    /// From the next message on, the sink waits this long before its 250.
-    fn delay(&self, ms: u64) {
-        let control = self.dir.path().join("mail/delay_ms");
-        let temp = self.dir.path().join("mail/.delay_ms.tmp");
-        std::fs::write(&temp, ms.to_string()).unwrap();
-        std::fs::rename(temp, control).unwrap();
-    }
-
-    /// Every message received so far (raw bytes).
-    fn received(&self) -> Vec<Vec<u8>> {
-        let Ok(entries) = std::fs::read_dir(self.dir.path().join("mail")) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-            .map(|p| std::fs::read(p).unwrap())
-            .collect()
-    }
-
-    /// The messages received with this `Message-ID`.
-    fn copies(&self, message_id: &str) -> Vec<Vec<u8>> {
-        self.received()
-            .into_iter()
-            .filter(|raw| header(raw, "Message-ID").as_deref() == Some(message_id))
-            .collect()
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn header(raw: &[u8], name: &str) -> Option<String> {
-    mailparse::parse_mail(raw)
-        .ok()?
-        .headers
-        .get_first_value(name)
-}
 
 /// The notifier's settings for these tests, as (key, value).
 fn settings(sink: &Sink) -> Vec<(&'static str, String)> {
