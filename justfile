@@ -86,6 +86,10 @@ stress COUNT="20": setup build
     command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
     cargo nextest run --workspace --locked --stress-count {{COUNT}} --no-fail-fast --test-threads 3
 
+# The nemesis, long: load + SIGKILL/SIGSTOP of nodes and services for DURATION, then the checker's table (`just chaos 30m --seed 7 --verbose`). Exits 1 on any violation.
+chaos DURATION="10m" *ARGS: setup build
+    target/debug/switchyard-chaos --duration {{DURATION}} {{ARGS}}
+
 # Call the CLI: `just sy math add 2 3`, `just sy status`.
 sy *ARGS: build
     target/debug/switchyard {{ARGS}}

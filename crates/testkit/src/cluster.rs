@@ -289,6 +289,11 @@ impl Cluster {
             .collect()
     }
 
+    /// The PID of node `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes.get(i)?.child.as_ref().map(Child::id)
+    }
+
     /// A client that knows every node.
     pub async fn client(&self) -> anyhow::Result<async_nats::Client> {
         Ok(async_nats::ConnectOptions::new()

@@ -120,41 +120,8 @@ async fn wait_status(
     .await
 }
 
-/// Every message on `subject_filter` in `stream`, oldest first. Retries
-/// through leader elections, as any client must.
-async fn read_stream(
-    js: &jetstream::Context,
-    stream: &str,
-    subject_filter: &str,
-) -> Vec<jetstream::Message> {
-    let budget = Duration::from_secs(60);
-    let consumer = runtime::js::retry("opening a reader", budget, || async {
-        let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
-        stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: subject_filter.into(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap();
-    let mut out = Vec::new();
-    let mut messages = consumer.messages().await.unwrap();
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await
-    {
-        let pending = m.info().unwrap().pending;
-        out.push(m);
-        if pending == 0 {
-            break;
-        }
-    }
-    out
-}
-
 async fn events(js: &jetstream::Context, status: &str) -> Vec<PaymentEvent> {
-    read_stream(js, "EVENTS", &format!("events.payment.{status}"))
+    testkit::js::read_stream(js, "EVENTS", &format!("events.payment.{status}"))
         .await
         .iter()
         .map(|m| serde_json::from_slice(&m.payload).unwrap())
@@ -293,7 +260,7 @@ async fn happy_path_duplicates_rules_invalid_messages_and_bad_input() {
         "every invalid message in the DLQ",
         Duration::from_secs(15),
         || async {
-            let dlq = read_stream(&js, "PAYMENTS_DLQ", ">").await;
+            let dlq = testkit::js::read_stream(&js, "PAYMENTS_DLQ", ">").await;
             if dlq.len() >= garbage.len() {
                 Ok(dlq)
             } else {
@@ -465,7 +432,7 @@ async fn gateway_failures_retry_then_dead_letter_then_replay() {
             .is_some_and(|r| r.contains("gateway failed on all 3 attempts")),
         "{failed:?}"
     );
-    let dlq = read_stream(&js, "PAYMENTS_DLQ", ">").await;
+    let dlq = testkit::js::read_stream(&js, "PAYMENTS_DLQ", ">").await;
     let entry = dlq
         .iter()
         .find(|m| header(m, dlq_headers::PAYMENT_ID).as_deref() == Some("doomed-1"))
@@ -582,7 +549,7 @@ async fn gateway_failures_retry_then_dead_letter_then_replay() {
             .is_some_and(|r| r.contains("delivered 4 times")),
         "{failed:?}"
     );
-    let dlq = read_stream(&js, "PAYMENTS_DLQ", ">").await;
+    let dlq = testkit::js::read_stream(&js, "PAYMENTS_DLQ", ">").await;
     let entry = dlq
         .iter()
         .find(|m| header(m, dlq_headers::PAYMENT_ID).as_deref() == Some("stuck-1"))

@@ -1,0 +1,270 @@
+//! What is checked after a run, from the outside only (KV `payments`, the
+//! gateway ledger, stream `EVENTS`, every revision the payment records
+//! went through, and the SMTP sink):
+//!
+//! - every acknowledged payment ends `completed` or `failed` (none stuck);
+//! - the ledger has exactly one charge per completed payment, the one its
+//!   record names, and none for a failed one;
+//! - exactly one `events.payment.completed` per completed payment, none
+//!   for a failed one;
+//! - statuses never go backwards (no final status followed by a
+//!   non-final one within the same replay);
+//! - every accepted email, and the receipt of every completed payment that
+//!   has an email address, reaches the SMTP sink at least once; a second
+//!   copy only after a notifier was SIGKILLed, and always with the same
+//!   Message-ID (copies are counted by Message-ID).
+
+use crate::load::Outcome;
+use crate::nemesis::Faults;
+use crate::report::Report;
+use crate::{Options, System};
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt as _;
+use protocol::names::buckets;
+use protocol::payment::{PaymentEvent, PaymentRecord, PaymentStatus};
+use protocol::subjects;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Revision, status and replay number of each write to a payment record, by id.
+type Revisions = Arc<Mutex<HashMap<String, Vec<(u64, PaymentStatus, u32)>>>>;
+
+/// Every revision of every payment record, as a watcher saw them.
+#[derive(Debug)]
+pub(crate) struct History {
+    seen: Revisions,
+    task: JoinHandle<()>,
+}
+
+impl History {
+    /// Watches bucket `payments` from its first revision, resuming after
+    /// the last one seen whenever the watch breaks (a node down).
+    pub(crate) async fn watch(client: &async_nats::Client) -> anyhow::Result<Self> {
+        let js = jetstream::new(client.clone());
+        let kv = runtime::js::retry("opening bucket payments", Duration::from_secs(60), || {
+            js.get_key_value(buckets::PAYMENTS)
+        })
+        .await?;
+        let seen: Revisions = Arc::default();
+        let recorder = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut from = 1;
+            loop {
+                let Ok(mut watch) = kv.watch_all_from_revision(from).await else {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                };
+                while let Some(Ok(entry)) = watch.next().await {
+                    from = entry.revision + 1;
+                    if entry.operation != kv::Operation::Put {
+                        continue;
+                    }
+                    if let Ok(record) = serde_json::from_slice::<PaymentRecord>(&entry.value) {
+                        recorder
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(entry.key)
+                            .or_default()
+                            .push((entry.revision, record.status, record.replays));
+                    }
+                }
+            }
+        });
+        Ok(Self { seen, task })
+    }
+
+    pub(crate) fn stop(&self) {
+        self.task.abort();
+    }
+
+    fn backwards(&self) -> Vec<String> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (id, revisions) in seen.iter() {
+            let mut revisions = revisions.clone();
+            revisions.sort_by_key(|r| r.0);
+            revisions.dedup_by_key(|r| r.0);
+            for pair in revisions.windows(2) {
+                let ((_, before, replay_before), (rev, after, replay_after)) = (pair[0], pair[1]);
+                if before.is_final() && replay_after == replay_before && before != after {
+                    out.push(format!("{id}: {before} then {after} at revision {rev}"));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Waits until every acknowledged payment is final (or `settle` passes),
+/// then checks everything.
+pub(crate) async fn check(
+    system: &System,
+    client: &async_nats::Client,
+    outcome: &Outcome,
+    history: &History,
+    faults: &Faults,
+    opts: &Options,
+) -> anyhow::Result<Report> {
+    let js = jetstream::new(client.clone());
+    let kv = runtime::js::retry("opening bucket payments", Duration::from_secs(60), || {
+        js.get_key_value(buckets::PAYMENTS)
+    })
+    .await?;
+    let deadline = Instant::now() + opts.settle;
+    let mut records: BTreeMap<String, PaymentRecord> = BTreeMap::new();
+    loop {
+        for id in outcome.payments.keys() {
+            if records.get(id).is_some_and(|r| r.status.is_final()) {
+                continue;
+            }
+            if let Ok(Some(entry)) = kv.entry(id.as_str()).await
+                && let Ok(record) = serde_json::from_slice::<PaymentRecord>(&entry.value)
+            {
+                records.insert(id.clone(), record);
+            }
+        }
+        let open = outcome
+            .payments
+            .keys()
+            .filter(|id| !records.get(*id).is_some_and(|r| r.status.is_final()))
+            .count();
+        if open == 0 || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let mut report = Report {
+        acked: outcome.payments.len(),
+        unacked: outcome.unacked_payments,
+        emails_accepted: outcome.emails.len(),
+        faults: faults.by_kind.clone(),
+        fault_log: faults.log.clone(),
+        ..Report::default()
+    };
+    let charges = payment_processor::gateway::read_charges(&system.ledger)?;
+    let mut charged: HashMap<&str, Vec<&str>> = HashMap::new();
+    for line in &charges {
+        charged
+            .entry(line.payment_id.as_str())
+            .or_default()
+            .push(line.charge_id.as_deref().unwrap_or(""));
+    }
+    let completed_events = count_events(&js, subjects::EVENT_PAYMENT_COMPLETED).await;
+    let mut receipts_due = Vec::new();
+    for (id, req) in &outcome.payments {
+        let Some(record) = records.get(id) else {
+            report.violation("payment lost (no record)", id.clone());
+            continue;
+        };
+        let charges = charged.get(id.as_str()).map_or(&[][..], Vec::as_slice);
+        let events = completed_events.get(id).copied().unwrap_or(0);
+        match record.status {
+            PaymentStatus::Completed => {
+                report.completed += 1;
+                match charges {
+                    [one] if Some(*one) == record.charge_id.as_deref() => {}
+                    [] => report.violation("completed but never charged", id.clone()),
+                    [_] => report.violation(
+                        "completed with another charge than the ledger's",
+                        id.clone(),
+                    ),
+                    many => report.violation(
+                        "charged more than once",
+                        format!("{id}: {} charges", many.len()),
+                    ),
+                }
+                if events != 1 {
+                    report.violation(
+                        "completed events != 1",
+                        format!("{id}: {events} events.payment.completed"),
+                    );
+                }
+                if req.email.is_some() {
+                    receipts_due.push(id.clone());
+                }
+            }
+            PaymentStatus::Failed => {
+                report.failed += 1;
+                if !charges.is_empty() {
+                    report.violation("failed but charged", id.clone());
+                }
+                if events != 0 {
+                    report.violation("failed with a completed event", id.clone());
+                }
+            }
+            other => report.violation("stuck", format!("{id}: {other}")),
+        }
+    }
+    for line in history.backwards() {
+        report.violation("status went backwards", line);
+    }
+
+    // Mail: wait (within what is left of the settle time) for every
+    // accepted email and due receipt, then count copies by Message-ID.
+    let mut wanted: Vec<String> = outcome.emails.keys().cloned().collect();
+    wanted.extend(receipts_due.iter().map(|id| format!("rcpt-{id}")));
+    let mail_deadline = deadline.max(Instant::now() + Duration::from_secs(30));
+    let copies = loop {
+        let copies = copies_by_message_id(&system.sink);
+        let missing = wanted
+            .iter()
+            .filter(|id| !copies.contains_key(&protocol::email::message_id(id)))
+            .count();
+        if missing == 0 || Instant::now() >= mail_deadline {
+            break copies;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for id in &wanted {
+        let n = copies
+            .get(&protocol::email::message_id(id))
+            .copied()
+            .unwrap_or(0);
+        let receipt = id.starts_with("rcpt-");
+        match n {
+            0 if receipt => report.violation("receipt never sent", id.clone()),
+            0 => report.violation("accepted email never sent", id.clone()),
+            1 => {}
+            _ if faults.notifier_killed => report.duplicate_copies += n - 1,
+            _ => report.violation(
+                "second copy without a notifier killed",
+                format!("{id}: {n} copies"),
+            ),
+        }
+        if n > 0 {
+            if receipt {
+                report.receipts_sent += 1;
+            } else {
+                report.emails_sent += 1;
+            }
+        }
+    }
+    report.receipts_due = receipts_due.len();
+    Ok(report)
+}
+
+/// `events.payment.completed` per payment id.
+async fn count_events(js: &jetstream::Context, subject: &str) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for message in testkit::js::read_stream(js, protocol::names::streams::EVENTS, subject).await {
+        if let Ok(event) = serde_json::from_slice::<PaymentEvent>(&message.payload) {
+            *out.entry(event.payment_id).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// Copies the sink received, by Message-ID.
+fn copies_by_message_id(sink: &testkit::smtp::Sink) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for raw in sink.received() {
+        if let Some(id) = testkit::smtp::header(&raw, "Message-ID") {
+            *out.entry(id).or_insert(0) += 1;
+        }
+    }
+    out
+}

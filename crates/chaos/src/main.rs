@@ -1,0 +1,77 @@
+//! `switchyard-chaos`: a nemesis run (see the crate docs), or, with
+//! `SWITCHYARD_CHAOS_ROLE` set, one of the services it starts.
+
+use clap::Parser;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Runs the nemesis against a fresh local cluster and prints what it found.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard-chaos")]
+struct Args {
+    /// How long the load and the faults run (e.g. 90s, 10m).
+    #[arg(long, default_value = "90s", value_parser = runtime::time::parse_duration)]
+    duration: Duration,
+    /// Seeds the faults and the load (random if not given; printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Payments published per second.
+    #[arg(long, default_value_t = 20)]
+    payments_per_sec: u32,
+    /// Emails sent per second.
+    #[arg(long, default_value_t = 4)]
+    emails_per_sec: u32,
+    /// Print each fault as it was injected.
+    #[arg(long)]
+    verbose: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    match std::env::var(chaos::ROLE_ENV).as_deref() {
+        Ok("payment-processor") => {
+            runtime::main(
+                protocol::names::services::PAYMENT_PROCESSOR,
+                payment_processor::run,
+            )
+            .await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Ok("email-notifier") => {
+            runtime::main(
+                protocol::names::services::EMAIL_NOTIFIER,
+                email_notifier::run,
+            )
+            .await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Ok(other) => anyhow::bail!(
+            "{}={other:?}: not a service the nemesis runs",
+            chaos::ROLE_ENV
+        ),
+        Err(_) => {}
+    }
+    let args = Args::parse();
+    let mut opts = chaos::Options::new(std::env::current_exe()?, args.duration);
+    if let Some(seed) = args.seed {
+        opts.seed = seed;
+    }
+    opts.payments_per_sec = args.payments_per_sec;
+    opts.emails_per_sec = args.emails_per_sec;
+    eprintln!(
+        "chaos: {:?} of load and faults (seed {:#x}), then up to {:?} to settle",
+        opts.duration, opts.seed, opts.settle
+    );
+    let report = chaos::run(&opts).await?;
+    if args.verbose {
+        for line in &report.fault_log {
+            println!("{line}");
+        }
+    }
+    println!("{}", report.table());
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
