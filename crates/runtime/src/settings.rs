@@ -29,6 +29,12 @@ pub const LIST_KEYS: [&str; 5] = [
     "stocks.symbols",
 ];
 
+/// The environment variable of setting `key`: `payments.backoff_ms` →
+/// `SWITCHYARD__PAYMENTS__BACKOFF_MS`.
+pub fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}__{}", key.replace('.', "__").to_uppercase())
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
@@ -224,6 +230,20 @@ impl Settings {
             env = env.with_list_parse_key(key);
         }
         builder = builder.add_source(env);
+        // The environment source parses `200` or `true` as a scalar before it
+        // looks at list keys: a list of one would not be a list. Lists from
+        // the environment are therefore set here, always as lists.
+        for key in LIST_KEYS {
+            if let Ok(value) = std::env::var(env_name(key)) {
+                let items: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                builder = builder.set_override(key, items)?;
+            }
+        }
         for (key, value) in overrides {
             builder = builder.set_override(key.as_ref(), value)?;
         }
@@ -333,6 +353,16 @@ mod tests {
                 backoff_ms: Vec<u64>,
             }
             assert_eq!(s.section::<Email>("email").unwrap().backoff_ms, [100, 200]);
+            #[derive(Debug, Default, Deserialize)]
+            #[serde(default)]
+            struct Payments {
+                backoff_ms: Vec<u64>,
+            }
+            assert_eq!(
+                s.section::<Payments>("payments").unwrap().backoff_ms,
+                [250],
+                "a list of one from the environment"
+            );
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -356,6 +386,7 @@ mod tests {
             .env("SWITCHYARD__LOG__FORMAT", "json")
             .env("SWITCHYARD__JETSTREAM__REPLICAS", "1")
             .env("SWITCHYARD__EMAIL__BACKOFF_MS", "100,200")
+            .env("SWITCHYARD__PAYMENTS__BACKOFF_MS", "250")
             .output()
             .unwrap();
         assert!(
