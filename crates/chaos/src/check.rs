@@ -81,21 +81,25 @@ impl History {
     }
 
     fn backwards(&self) -> Vec<String> {
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        for (id, revisions) in seen.iter() {
-            let mut revisions = revisions.clone();
-            revisions.sort_by_key(|r| r.0);
-            revisions.dedup_by_key(|r| r.0);
-            for pair in revisions.windows(2) {
-                let ((_, before, replay_before), (rev, after, replay_after)) = (pair[0], pair[1]);
-                if before.is_final() && replay_after == replay_before && before != after {
-                    out.push(format!("{id}: {before} then {after} at revision {rev}"));
-                }
+        backwards(&self.seen.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Every final status followed by a different one within the same replay.
+fn backwards(seen: &HashMap<String, Vec<(u64, PaymentStatus, u32)>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (id, revisions) in seen {
+        let mut revisions = revisions.clone();
+        revisions.sort_by_key(|r| r.0);
+        revisions.dedup_by_key(|r| r.0);
+        for pair in revisions.windows(2) {
+            let ((_, before, replay_before), (rev, after, replay_after)) = (pair[0], pair[1]);
+            if before.is_final() && replay_after == replay_before && before != after {
+                out.push(format!("{id}: {before} then {after} at revision {rev}"));
             }
         }
-        out
     }
+    out
 }
 
 /// Waits until every acknowledged payment is final (or `settle` passes),
@@ -165,38 +169,15 @@ pub(crate) async fn check(
         match record.status {
             PaymentStatus::Completed => {
                 report.completed += 1;
-                match charges {
-                    [one] if Some(*one) == record.charge_id.as_deref() => {}
-                    [] => report.violation("completed but never charged", id.clone()),
-                    [_] => report.violation(
-                        "completed with another charge than the ledger's",
-                        id.clone(),
-                    ),
-                    many => report.violation(
-                        "charged more than once",
-                        format!("{id}: {} charges", many.len()),
-                    ),
-                }
-                if events != 1 {
-                    report.violation(
-                        "completed events != 1",
-                        format!("{id}: {events} events.payment.completed"),
-                    );
-                }
                 if req.email.is_some() {
                     receipts_due.push(id.clone());
                 }
             }
-            PaymentStatus::Failed => {
-                report.failed += 1;
-                if !charges.is_empty() {
-                    report.violation("failed but charged", id.clone());
-                }
-                if events != 0 {
-                    report.violation("failed with a completed event", id.clone());
-                }
-            }
-            other => report.violation("stuck", format!("{id}: {other}")),
+            PaymentStatus::Failed => report.failed += 1,
+            PaymentStatus::Pending | PaymentStatus::Processing => {}
+        }
+        for (kind, what) in judge(id, record, charges, events) {
+            report.violation(kind, what);
         }
     }
     for line in history.backwards() {
@@ -247,6 +228,49 @@ pub(crate) async fn check(
     Ok(report)
 }
 
+/// What is wrong with one payment at the end: its record, the charge ids
+/// the ledger holds for it, and how many completed events it has.
+fn judge(
+    id: &str,
+    record: &PaymentRecord,
+    charges: &[&str],
+    events: usize,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    match record.status {
+        PaymentStatus::Completed => {
+            match charges {
+                [one] if Some(*one) == record.charge_id.as_deref() => {}
+                [] => out.push(("completed but never charged", id.to_owned())),
+                [_] => out.push((
+                    "completed with another charge than the ledger's",
+                    id.to_owned(),
+                )),
+                many => out.push((
+                    "charged more than once",
+                    format!("{id}: {} charges", many.len()),
+                )),
+            }
+            if events != 1 {
+                out.push((
+                    "completed events != 1",
+                    format!("{id}: {events} events.payment.completed"),
+                ));
+            }
+        }
+        PaymentStatus::Failed => {
+            if !charges.is_empty() {
+                out.push(("failed but charged", id.to_owned()));
+            }
+            if events != 0 {
+                out.push(("failed with a completed event", id.to_owned()));
+            }
+        }
+        other => out.push(("stuck", format!("{id}: {other}"))),
+    }
+    out
+}
+
 /// `events.payment.completed` per payment id.
 async fn count_events(js: &jetstream::Context, subject: &str) -> HashMap<String, usize> {
     let mut out = HashMap::new();
@@ -267,4 +291,96 @@ fn copies_by_message_id(sink: &testkit::smtp::Sink) -> HashMap<String, usize> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use PaymentStatus::{Completed, Failed, Pending, Processing};
+
+    fn record(status: PaymentStatus, charge_id: Option<&str>) -> PaymentRecord {
+        PaymentRecord {
+            payment_id: "p".into(),
+            user_id: "u".into(),
+            subscription_id: None,
+            amount: "1.00".into(),
+            currency: "USD".into(),
+            email: None,
+            status,
+            attempts: 1,
+            reason: None,
+            updated_at: String::new(),
+            owner_seq: 1,
+            lease_until_ms: 0,
+            replays: 0,
+            charge_id: charge_id.map(str::to_owned),
+            dlq_reason: None,
+        }
+    }
+
+    #[test]
+    fn each_payment_is_judged_by_its_record_charges_and_events() {
+        let kinds = |r: &PaymentRecord, charges: &[&str], events| {
+            judge("p", r, charges, events)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+        };
+        let done = record(Completed, Some("ch_1"));
+        assert!(kinds(&done, &["ch_1"], 1).is_empty());
+        assert_eq!(
+            kinds(&done, &["ch_1", "ch_2"], 1),
+            ["charged more than once"]
+        );
+        assert_eq!(kinds(&done, &[], 1), ["completed but never charged"]);
+        assert_eq!(
+            kinds(&done, &["ch_9"], 1),
+            ["completed with another charge than the ledger's"]
+        );
+        assert_eq!(kinds(&done, &["ch_1"], 2), ["completed events != 1"]);
+        assert_eq!(kinds(&done, &["ch_1"], 0), ["completed events != 1"]);
+        let failed = record(Failed, None);
+        assert!(kinds(&failed, &[], 0).is_empty());
+        assert_eq!(kinds(&failed, &["ch_1"], 0), ["failed but charged"]);
+        assert_eq!(kinds(&failed, &[], 1), ["failed with a completed event"]);
+        assert_eq!(kinds(&record(Processing, None), &[], 0), ["stuck"]);
+        assert_eq!(kinds(&record(Pending, None), &[], 0), ["stuck"]);
+    }
+
+    #[test]
+    fn a_final_status_followed_by_another_in_the_same_replay_is_backwards() {
+        let seen = HashMap::from([
+            // Fine: forwards, and a replay may start over after a failure.
+            (
+                "ok".to_owned(),
+                vec![
+                    (1, Processing, 0),
+                    (3, Pending, 0),
+                    (5, Processing, 0),
+                    (7, Failed, 0),
+                    (9, Pending, 1),
+                    (11, Completed, 1),
+                ],
+            ),
+            // Seen out of order and twice: still fine.
+            (
+                "dup".to_owned(),
+                vec![(4, Completed, 0), (2, Processing, 0), (4, Completed, 0)],
+            ),
+            (
+                "bad".to_owned(),
+                vec![(1, Processing, 0), (2, Completed, 0), (6, Processing, 0)],
+            ),
+            ("flip".to_owned(), vec![(1, Failed, 0), (2, Completed, 0)]),
+        ]);
+        let mut found = backwards(&seen);
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                "bad: completed then processing at revision 6",
+                "flip: failed then completed at revision 2"
+            ]
+        );
+    }
 }

@@ -94,7 +94,9 @@ fn payment(seed: u64, n: u64, rng: &mut rand::rngs::StdRng) -> PaymentRequest {
         amount,
         currency: "USD".into(),
         // Every other one gets a receipt.
-        email: n.is_multiple_of(2).then(|| format!("buyer{n}@shop.example")),
+        email: n
+            .is_multiple_of(2)
+            .then(|| format!("buyer{n}@shop.example")),
     }
 }
 

@@ -44,9 +44,7 @@ fn settings(sink: &Sink) -> Vec<(&'static str, String)> {
     vec![
         ("email.smtp_url", sink.url()),
         ("email.ack_wait_ms", ACK_WAIT_MS.to_string()),
-        // Two entries: a one-number list in the environment is read as a
-        // number, not a list (runtime settings, `try_parsing`).
-        ("email.backoff_ms", "200,200".into()),
+        ("email.backoff_ms", "200".into()),
         ("email.max_deliver", "20".into()),
         ("email.publish_budget_ms", "500".into()),
         ("email.smtp_timeout_ms", "10000".into()),
@@ -428,12 +426,7 @@ async fn a_notifier_killed_after_the_relay_took_the_mail_means_a_second_copy_wit
     let js = jetstream::new(client.clone());
     let env: Vec<(String, String)> = settings(&sink)
         .into_iter()
-        .map(|(k, v)| {
-            (
-                format!("SWITCHYARD__{}", k.replace('.', "__").to_uppercase()),
-                v,
-            )
-        })
+        .map(|(k, v)| (runtime::settings::env_name(k), v))
         .collect();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut doomed =
