@@ -25,7 +25,7 @@ use protocol::payment::{PaymentEvent, PaymentRecord, PaymentStatus};
 use protocol::subjects;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -189,7 +189,7 @@ pub(crate) async fn check(
     let mut wanted: Vec<String> = outcome.emails.keys().cloned().collect();
     wanted.extend(receipts_due.iter().map(|id| format!("rcpt-{id}")));
     let mail_deadline = deadline.max(Instant::now() + Duration::from_secs(30));
-    let copies = loop {
+    let copies_at = loop {
         let copies = copies_by_message_id(&system.sink);
         let missing = wanted
             .iter()
@@ -201,16 +201,22 @@ pub(crate) async fn check(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     for id in &wanted {
-        let n = copies
+        let n = copies_at
             .get(&protocol::email::message_id(id))
-            .copied()
-            .unwrap_or(0);
+            .map_or(0, Vec::len);
         let receipt = id.starts_with("rcpt-");
         match n {
             0 if receipt => report.violation("receipt never sent", id.clone()),
             0 => report.violation("accepted email never sent", id.clone()),
             1 => {}
-            _ if faults.notifier_killed => report.duplicate_copies += n - 1,
+            _ if killed_between(
+                &copies_at,
+                &protocol::email::message_id(id),
+                &faults.notifier_kills,
+            ) =>
+            {
+                report.duplicate_copies += n - 1;
+            }
             _ => report.violation(
                 "second copy without a notifier killed",
                 format!("{id}: {n} copies"),
@@ -282,15 +288,32 @@ async fn count_events(js: &jetstream::Context, subject: &str) -> HashMap<String,
     out
 }
 
-/// Copies the sink received, by Message-ID.
-fn copies_by_message_id(sink: &testkit::smtp::Sink) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    for raw in sink.received() {
+/// When each copy arrived at the sink, by Message-ID.
+type CopiesAt = HashMap<String, Vec<SystemTime>>;
+
+/// Copies the sink received, by Message-ID, with their arrival times.
+fn copies_by_message_id(sink: &testkit::smtp::Sink) -> CopiesAt {
+    let mut out: CopiesAt = HashMap::new();
+    for (at, raw) in sink.received_at() {
         if let Some(id) = testkit::smtp::header(&raw, "Message-ID") {
-            *out.entry(id).or_insert(0) += 1;
+            out.entry(id).or_default().push(at);
         }
     }
     out
+}
+
+/// Whether a notifier was SIGKILLed between the first copy of a mail (less
+/// a second: the kill lands while the relay's 250 is on its way) and its
+/// last copy — the one window in which a second copy is allowed.
+fn killed_between(copies: &CopiesAt, message_id: &str, kills: &[SystemTime]) -> bool {
+    let Some(times) = copies.get(message_id) else {
+        return false;
+    };
+    let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) else {
+        return false;
+    };
+    let from = first.checked_sub(Duration::from_secs(1)).unwrap_or(*first);
+    kills.iter().any(|k| *k >= from && k <= last)
 }
 
 #[cfg(test)]
@@ -345,6 +368,25 @@ mod tests {
         assert_eq!(kinds(&failed, &[], 1), ["failed with a completed event"]);
         assert_eq!(kinds(&record(Processing, None), &[], 0), ["stuck"]);
         assert_eq!(kinds(&record(Pending, None), &[], 0), ["stuck"]);
+    }
+
+    #[test]
+    fn a_second_copy_needs_a_notifier_kill_between_the_copies() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let copies: CopiesAt = HashMap::from([("<m@switchyard>".to_owned(), vec![at(10), at(14)])]);
+        let id = "<m@switchyard>";
+        assert!(killed_between(&copies, id, &[at(12)]));
+        assert!(
+            killed_between(&copies, id, &[at(10)]),
+            "as the 250 goes out"
+        );
+        assert!(
+            !killed_between(&copies, id, &[at(5), at(20)]),
+            "before or after"
+        );
+        assert!(!killed_between(&copies, id, &[]));
+        assert!(!killed_between(&copies, "<other@switchyard>", &[at(12)]));
     }
 
     #[test]

@@ -14,9 +14,9 @@ use tokio::time::Instant;
 pub(crate) struct Faults {
     /// Faults injected, by kind.
     pub(crate) by_kind: BTreeMap<&'static str, u64>,
-    /// A notifier was SIGKILLed at some point (a second copy of a mail,
-    /// with the same Message-ID, is then allowed).
-    pub(crate) notifier_killed: bool,
+    /// When a notifier was SIGKILLed: a second copy of a mail (with the
+    /// same Message-ID) is allowed if one of these falls between its copies.
+    pub(crate) notifier_kills: Vec<std::time::SystemTime>,
     /// One line per fault: when (since the start) and what.
     pub(crate) log: Vec<String>,
 }
@@ -116,10 +116,10 @@ pub(crate) async fn run(system: &mut System, opts: &Options) -> anyhow::Result<F
                     format!("{} #{target} for {hold:?}", role.service()),
                 );
                 if matches!(fault, Fault::KillService(_)) {
-                    if role == Role::Notifier {
-                        faults.notifier_killed = true;
-                    }
                     system.processes[index].1.kill().await;
+                    if role == Role::Notifier {
+                        faults.notifier_kills.push(std::time::SystemTime::now());
+                    }
                     tokio::time::sleep(hold).await;
                     let process = system.spawn(role).await;
                     system.processes[index].1 = process;

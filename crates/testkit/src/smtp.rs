@@ -113,6 +113,12 @@ impl Sink {
 
     /// Every message received so far (raw bytes).
     pub fn received(&self) -> Vec<Vec<u8>> {
+        self.received_at().into_iter().map(|(_, raw)| raw).collect()
+    }
+
+    /// Every message received so far, with when it was written (the sink
+    /// writes it before its 250).
+    pub fn received_at(&self) -> Vec<(std::time::SystemTime, Vec<u8>)> {
         let Ok(entries) = std::fs::read_dir(self.dir.path().join("mail")) else {
             return Vec::new();
         };
@@ -120,7 +126,10 @@ impl Sink {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-            .map(|p| std::fs::read(p).unwrap())
+            .filter_map(|p| {
+                let at = std::fs::metadata(&p).ok()?.modified().ok()?;
+                Some((at, std::fs::read(p).ok()?))
+            })
             .collect()
     }
 

@@ -98,16 +98,31 @@ async fn deliver(ctx: &Notifier, job: &EmailJob, delivered: u32) -> Reply {
     }
 
     // 3. Record it at once: from here on a redelivery does not send again.
-    if let Err(err) = record(ctx, job).await {
-        // The ambiguous window: without the record a redelivery sends the
-        // mail again (same Message-ID).
-        tracing::error!(id = %job.id, error = %format!("{err:#}"), "sent, but the send could not be recorded; a redelivery sends it again");
-        return if last { Reply::Term } else { retry };
+    //    A store that cannot take the record now (a leader election, a node
+    //    down) is waited out: the message stays ours (progress acks), and
+    //    giving it back would send the mail again.
+    let patience = tokio::time::Instant::now() + RECORD_PATIENCE;
+    while let Err(err) = record(ctx, job).await {
+        if tokio::time::Instant::now() >= patience {
+            // The ambiguous window: without the record a redelivery sends
+            // the mail again (same Message-ID).
+            tracing::error!(id = %job.id, error = %format!("{err:#}"), "sent, but the send could not be recorded; a redelivery sends it again");
+            return if last { Reply::Term } else { retry };
+        }
+        tracing::warn!(id = %job.id, error = %format!("{err:#}"), "sent, but not recorded yet; trying again");
+        tokio::time::sleep(RECORD_RETRY).await;
     }
 
     // 4. Announce it.
     announce(ctx, job, last, retry).await
 }
+
+/// How long a sent mail's record is retried before the message is given
+/// back (and the mail sent again): long enough to outlast a leader election
+/// or a node restart.
+const RECORD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
+/// The pause between two rounds of recording retries.
+const RECORD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Publishes `events.email.sent` for a recorded mail. Not published: the
 /// mail comes again (unless this was its last delivery) and only this
