@@ -392,24 +392,9 @@ async fn scheduled_mail_survives_restarts_and_transport_errors_retry_then_fail()
 }
 
 async fn read<T: serde::de::DeserializeOwned>(js: &jetstream::Context, subject: &str) -> Vec<T> {
-    use futures::StreamExt as _;
-    let stream = js.get_stream("EVENTS").await.unwrap();
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subject.into(),
-            ..Default::default()
-        })
+    testkit::js::read_stream(js, "EVENTS", subject)
         .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
-    let mut out = Vec::new();
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(1), messages.next()).await
-    {
-        let pending = m.info().unwrap().pending;
-        out.push(serde_json::from_slice(&m.payload).unwrap());
-        if pending == 0 {
-            break;
-        }
-    }
-    out
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect()
 }

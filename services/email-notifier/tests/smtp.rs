@@ -119,29 +119,12 @@ async fn last_seq(js: &jetstream::Context) -> u64 {
 
 /// The `events.email.sent` events for mail `id`.
 async fn sent_events(js: &jetstream::Context, id: &str) -> Vec<EmailEvent> {
-    use futures::StreamExt as _;
-    let stream = js.get_stream(streams::EVENTS).await.unwrap();
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subjects::EVENT_EMAIL_SENT.into(),
-            ..Default::default()
-        })
+    testkit::js::read_stream(js, streams::EVENTS, subjects::EVENT_EMAIL_SENT)
         .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
-    let mut out = Vec::new();
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(1), messages.next()).await
-    {
-        let pending = m.info().unwrap().pending;
-        let event: EmailEvent = serde_json::from_slice(&m.payload).unwrap();
-        if event.id == id {
-            out.push(event);
-        }
-        if pending == 0 {
-            break;
-        }
-    }
-    out
+        .iter()
+        .map(|m| serde_json::from_slice::<EmailEvent>(&m.payload).unwrap())
+        .filter(|event| event.id == id)
+        .collect()
 }
 
 async fn wait_sent_event(js: &jetstream::Context, id: &str) {

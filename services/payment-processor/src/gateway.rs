@@ -166,7 +166,71 @@ impl Book {
     }
 }
 
-/// The book and, when there is one, the file it is kept in.
+/// A question for the ledger: charge this line's key (with this new
+/// charge id) or void it.
+#[derive(Debug)]
+enum Ask {
+    Charge(LedgerLine),
+    Void(LedgerLine),
+}
+
+/// The ledger's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    /// Charged: by this call (`made`) or earlier.
+    Charged {
+        charge_id: String,
+        made: bool,
+    },
+    /// The key was voided earlier: it cannot charge.
+    KeyVoided,
+    Void(Void),
+}
+
+/// What the book says to `ask`, and the line to append if it changes it.
+fn decide(book: &Book, ask: Ask) -> (Option<LedgerLine>, Answer) {
+    match ask {
+        Ask::Charge(line) => match book.keys.get(&line.key) {
+            Some(KeyState::Charged(id)) => (
+                None,
+                Answer::Charged {
+                    charge_id: id.clone(),
+                    made: false,
+                },
+            ),
+            Some(KeyState::Voided) => (None, Answer::KeyVoided),
+            None => {
+                let charge_id = line.charge_id.clone().unwrap_or_default();
+                (
+                    Some(line),
+                    Answer::Charged {
+                        charge_id,
+                        made: true,
+                    },
+                )
+            }
+        },
+        Ask::Void(line) => match book.keys.get(&line.key) {
+            Some(KeyState::Charged(id)) => (None, Answer::Void(Void::AlreadyCharged(id.clone()))),
+            Some(KeyState::Voided) => (None, Answer::Void(Void::Voided)),
+            None => (Some(line), Answer::Void(Void::Voided)),
+        },
+    }
+}
+
+/// One question waiting for the ledger's writer.
+#[derive(Debug)]
+struct Job {
+    ask: Ask,
+    reply: tokio::sync::oneshot::Sender<Result<Answer, GatewayError>>,
+}
+
+/// Questions answered in one file transaction, at most.
+const GROUP_COMMIT: usize = 256;
+
+/// The book and, when there is one, the file it is kept in. Owned by one
+/// writer thread that answers every question waiting at once in one
+/// transaction (group commit): one lock, one write, one fsync.
 #[derive(Debug)]
 struct Ledger {
     book: Book,
@@ -174,38 +238,85 @@ struct Ledger {
 }
 
 impl Ledger {
-    /// Looks at the up-to-date book under the file's exclusive lock and
-    /// appends (and fsyncs) the line `decide` returns before the lock goes.
-    fn transact<R>(
-        &mut self,
-        decide: impl FnOnce(&Book) -> (Option<LedgerLine>, R),
-    ) -> std::io::Result<R> {
+    /// Answers `jobs` in order on the up-to-date book under the file's
+    /// exclusive lock, appending (and fsyncing) the lines they add before
+    /// the lock goes and before anyone hears an answer.
+    fn transact(&mut self, jobs: Vec<Job>) {
+        let (asks, replies): (Vec<Ask>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.ask, j.reply)).unzip();
+        let answers = self.answer(asks);
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            let _ = reply.send(answer);
+        }
+    }
+
+    fn answer(&mut self, asks: Vec<Ask>) -> Vec<Result<Answer, GatewayError>> {
+        let n = asks.len();
         let Self { book, file } = self;
         let Some(file) = file else {
-            let (line, result) = decide(book);
-            if let Some(line) = line {
-                book.learn(&line);
-            }
-            return Ok(result);
+            return asks
+                .into_iter()
+                .map(|ask| {
+                    let (line, answer) = decide(book, ask);
+                    if let Some(line) = line {
+                        book.learn(&line);
+                    }
+                    Ok(answer)
+                })
+                .collect();
         };
-        file.lock()?;
-        let done = (|| -> std::io::Result<R> {
+        let failed = |e: std::io::Error| {
+            let error = GatewayError(format!("gateway ledger: {e}"));
+            (0..n).map(|_| Err(error.clone())).collect()
+        };
+        if let Err(e) = file.lock() {
+            return failed(e);
+        }
+        let done = (|| -> std::io::Result<Vec<Answer>> {
             book.catch_up(file)?;
-            let (line, result) = decide(book);
-            if let Some(line) = line {
-                let mut text = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
-                text.push(b'\n');
+            let mut text = Vec::new();
+            let mut answers = Vec::with_capacity(n);
+            for ask in asks {
+                let (line, answer) = decide(book, ask);
+                if let Some(line) = line {
+                    text.extend(serde_json::to_vec(&line).map_err(std::io::Error::other)?);
+                    text.push(b'\n');
+                    book.learn(&line);
+                }
+                answers.push(answer);
+            }
+            if !text.is_empty() {
                 file.write_all(&text)?;
                 file.sync_data()?;
                 book.read_to += text.len() as u64;
-                book.learn(&line);
             }
-            Ok(result)
+            Ok(answers)
         })();
         let unlocked = file.unlock();
-        let result = done?;
-        unlocked?;
-        Ok(result)
+        match (done, unlocked) {
+            (Ok(answers), Ok(())) => answers.into_iter().map(Ok).collect(),
+            (Err(e), _) | (Ok(_), Err(e)) => {
+                // What the book learned may not be on disk: read it all again
+                // next time (a torn tail is cut then).
+                *book = Book::default();
+                failed(e)
+            }
+        }
+    }
+
+    /// The writer thread: waits for a question, takes every other one
+    /// waiting too, answers them together. Ends when the simulator goes.
+    fn serve(mut self, jobs: std::sync::mpsc::Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            let mut batch = vec![first];
+            while batch.len() < GROUP_COMMIT {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.transact(batch);
+        }
     }
 }
 
@@ -219,7 +330,8 @@ pub struct Simulator {
     fail_first: AtomicU32,
     attempts: Mutex<HashMap<String, u32>>,
     effects: AtomicU64,
-    ledger: std::sync::Arc<Mutex<Ledger>>,
+    /// To the ledger's writer thread.
+    ledger: std::sync::mpsc::Sender<Job>,
 }
 
 impl Simulator {
@@ -256,6 +368,15 @@ impl Simulator {
                 None
             }
         };
+        let ledger = Ledger {
+            book: Book::default(),
+            file,
+        };
+        let (jobs, inbox) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("gateway-ledger".into())
+            .spawn(move || ledger.serve(inbox))
+            .map_err(|e| anyhow::anyhow!("starting the gateway ledger's writer: {e}"))?;
         let sim = Self {
             latency: Duration::from_millis(settings.latency_ms),
             jitter_ms: settings.jitter_ms,
@@ -263,10 +384,7 @@ impl Simulator {
             fail_first: AtomicU32::new(settings.fail_first_attempts),
             attempts: Mutex::default(),
             effects: AtomicU64::new(0),
-            ledger: std::sync::Arc::new(Mutex::new(Ledger {
-                book: Book::default(),
-                file,
-            })),
+            ledger: jobs,
         };
         sim.set_failure_rate(settings.failure_rate);
         Ok(sim)
@@ -306,21 +424,17 @@ impl Simulator {
         }
     }
 
-    /// Runs a ledger transaction off the async threads (it may wait for
-    /// another process's lock and fsyncs).
-    async fn transact<R: Send + 'static>(
-        &self,
-        decide: impl FnOnce(&Book) -> (Option<LedgerLine>, R) + Send + 'static,
-    ) -> Result<R, GatewayError> {
-        let ledger = self.ledger.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut ledger = ledger.lock().map_err(|_| poisoned())?;
-            ledger
-                .transact(decide)
-                .map_err(|e| GatewayError(format!("gateway ledger: {e}")))
-        })
-        .await
-        .map_err(|e| GatewayError(format!("gateway ledger task: {e}")))?
+    /// Asks the ledger's writer. Once asked, the question is answered (and
+    /// its line written) even if this future is dropped — as a real
+    /// gateway's charge goes on when its caller times out.
+    async fn ask(&self, ask: Ask) -> Result<Answer, GatewayError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.ledger
+            .send(Job { ask, reply })
+            .map_err(|_| GatewayError("the gateway ledger's writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| GatewayError("the gateway ledger's writer stopped".into()))?
     }
 
     fn simulated_failure(&self, key: &str) -> Result<(), GatewayError> {
@@ -352,37 +466,31 @@ impl Gateway for Simulator {
         Box::pin(async move {
             self.wait().await;
             self.simulated_failure(&charge.idempotency_key)?;
-            let new_id = format!("ch_{:016x}", rand::rng().random::<u64>());
             let line = LedgerLine {
                 kind: "charge".into(),
                 key: charge.idempotency_key.clone(),
                 payment_id: charge.payment_id.clone(),
-                charge_id: Some(new_id.clone()),
+                charge_id: Some(format!("ch_{:016x}", rand::rng().random::<u64>())),
                 amount: Some(charge.amount.to_string()),
                 currency: Some(charge.currency.clone()),
                 pid: std::process::id(),
                 at: runtime::time::now_rfc3339(),
             };
-            let (result, made) = self
-                .transact(move |book| match book.keys.get(&line.key) {
-                    Some(KeyState::Charged(id)) => (None, (Ok(id.clone()), false)),
-                    Some(KeyState::Voided) => (
-                        None,
-                        (
-                            Err(GatewayError(format!(
-                                "idempotency key {} was voided; it cannot charge",
-                                line.key
-                            ))),
-                            false,
-                        ),
-                    ),
-                    None => (Some(line), (Ok(new_id), true)),
-                })
-                .await?;
-            if made {
-                self.effects.fetch_add(1, Ordering::Relaxed);
+            match self.ask(Ask::Charge(line)).await? {
+                Answer::Charged { charge_id, made } => {
+                    if made {
+                        self.effects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(charge_id)
+                }
+                Answer::KeyVoided => Err(GatewayError(format!(
+                    "idempotency key {} was voided; it cannot charge",
+                    charge.idempotency_key
+                ))),
+                Answer::Void(_) => Err(GatewayError(
+                    "the ledger answered a charge with a void".into(),
+                )),
             }
-            result
         })
     }
 
@@ -400,12 +508,12 @@ impl Gateway for Simulator {
                 pid: std::process::id(),
                 at: runtime::time::now_rfc3339(),
             };
-            self.transact(move |book| match book.keys.get(&line.key) {
-                Some(KeyState::Charged(id)) => (None, Void::AlreadyCharged(id.clone())),
-                Some(KeyState::Voided) => (None, Void::Voided),
-                None => (Some(line), Void::Voided),
-            })
-            .await
+            match self.ask(Ask::Void(line)).await? {
+                Answer::Void(void) => Ok(void),
+                other => Err(GatewayError(format!(
+                    "the ledger answered a void with {other:?}"
+                ))),
+            }
         })
     }
 }

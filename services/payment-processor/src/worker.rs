@@ -129,29 +129,16 @@ pub(crate) async fn settle(
         }
     };
     let max = ctx.settings.max_attempts;
-    if let Some(why) = give_up {
-        return abandon(
-            ctx,
-            record,
-            revision,
-            delivery,
-            DlqReason::MaxDeliveries,
-            why,
-        )
-        .await;
-    }
-    if record.attempts > max {
-        let why =
-            format!("{max} attempts used up without an outcome (the last one never finished)");
-        return abandon(
-            ctx,
-            record,
-            revision,
-            delivery,
-            DlqReason::MaxDeliveries,
-            &why,
-        )
-        .await;
+    let given_up = match give_up {
+        Some(why) => Some(why.to_owned()),
+        None if record.attempts > max => Some(format!(
+            "{max} attempts used up without an outcome (the last one never finished)"
+        )),
+        None => None,
+    };
+    if let Some(why) = given_up {
+        let reason = DlqReason::MaxDeliveries;
+        return abandon(ctx, record, revision, delivery, reason, &why).await;
     }
     if let Err(reason) = ctx.rules.check(&req, amount) {
         if record.attempts > 1 {
