@@ -198,6 +198,7 @@ async fn start_cluster(args: &NatsArgs) -> anyhow::Result<Cluster> {
         dir: Some(std::path::absolute(&dir)?),
         ready_timeout: Duration::from_secs(30),
         sync_always: true,
+        accounts: false,
     })
     .await
 }

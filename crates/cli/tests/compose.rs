@@ -244,6 +244,8 @@ async fn connect(
     let errors = Arc::new(Mutex::new(Vec::new()));
     let seen = errors.clone();
     let client = ConnectOptions::with_user_and_password(user.into(), password.into())
+        // Each user may read only its own inboxes (protocol::accounts).
+        .custom_inbox_prefix(subjects::inbox_prefix(user))
         .name("compose-test")
         .reconnect_delay_callback(|_| Duration::from_millis(100))
         // Notice a silently cut node in about 2 s.

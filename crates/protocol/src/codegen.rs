@@ -77,6 +77,7 @@ fn python_constants() -> Vec<(&'static str, Py)> {
             s(subjects::REGISTRY_LOOKUP_PREFIX),
         ),
         ("SRV_PREFIX", s(micro::SRV_PREFIX)),
+        ("USER_INBOX_PREFIX", s(subjects::USER_INBOX_PREFIX)),
         ("SERVICES", tuple(services::ALL)),
         ("STREAM_PAYMENTS", s(streams::PAYMENTS)),
         ("STREAM_PAYMENTS_DLQ", s(streams::PAYMENTS_DLQ)),

@@ -5,6 +5,7 @@
 //! Services and tests use these constants; a subject string written anywhere
 //! else is a bug.
 
+pub mod accounts;
 pub mod codegen;
 pub mod email;
 pub mod error;

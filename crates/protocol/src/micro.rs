@@ -18,6 +18,10 @@ pub const SRV_PREFIX: &str = "$SRV";
 /// the registry asks on.
 pub const SRV_ALL: &str = "$SRV.>";
 
+/// Key of an endpoint's `$SRV.STATS` `data`: how many requests it dropped
+/// because their reply subject was not an inbox (`subjects::is_inbox`).
+pub const REFUSED_REPLIES: &str = "refused_replies";
+
 /// The three discovery verbs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verb {

@@ -111,8 +111,48 @@ pub fn registry_lookup(name: &str) -> Result<String, SubjectError> {
 }
 
 // --- core NATS and JetStream ------------------------------------------------------
-/// Every reply inbox (async-nats's and nats.py's default prefix).
+/// The inbox prefix of a connection without a user (local development
+/// without auth): async-nats's and nats.py's default.
+pub const INBOX_PREFIX: &str = "_INBOX";
+/// Every reply inbox of connections without a user (`_INBOX.>`). No user of
+/// the locked-down deployments may subscribe to it: see [`inbox_prefix`].
 pub const INBOX_ALL: &str = "_INBOX.>";
+/// What every per-user inbox prefix starts with: `_INBOX_<user>`.
+pub const USER_INBOX_PREFIX: &str = "_INBOX_";
+
+/// `_INBOX_<user>`: the inbox prefix of connections as NATS user `user`.
+/// Its replies, KV and direct-get answers and JetStream pull deliveries all
+/// arrive under it, and the user may subscribe only to
+/// [`user_inbox_all`]`(user)`, so no other user can read them.
+pub fn inbox_prefix(user: &str) -> String {
+    format!("{USER_INBOX_PREFIX}{user}")
+}
+
+/// `_INBOX_<user>.>`: every inbox of user `user`.
+pub fn user_inbox_all(user: &str) -> String {
+    format!("{}.>", inbox_prefix(user))
+}
+
+/// True when `subject` is a reply inbox: `_INBOX.<...>` or
+/// `_INBOX_<user>.<...>`. Services answer requests only there, so a
+/// request cannot make a service publish to a subject of the contract
+/// (say `events.payment.completed`) by naming it as its reply subject.
+pub fn is_inbox(subject: &str) -> bool {
+    let rest = if let Some(rest) = subject.strip_prefix("_INBOX.") {
+        rest
+    } else if let Some(user_and_rest) = subject.strip_prefix(USER_INBOX_PREFIX) {
+        match user_and_rest.split_once('.') {
+            Some((user, rest)) if !user.is_empty() => rest,
+            _ => return false,
+        }
+    } else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest
+            .split('.')
+            .all(|token| !token.is_empty() && token != "*" && token != ">")
+}
 
 /// Prefix of the readiness probe subject every Switchyard stream also
 /// captures (see [`stream_probe`]).
@@ -199,6 +239,40 @@ mod tests {
             registry_lookup("math").as_deref(),
             Ok("services.registry.lookup.math")
         );
+    }
+
+    #[test]
+    fn inboxes_are_the_default_and_per_user_prefixes_only() {
+        assert_eq!(inbox_prefix("math"), "_INBOX_math");
+        assert_eq!(user_inbox_all("math"), "_INBOX_math.>");
+        for inbox in [
+            "_INBOX.abc",
+            "_INBOX.abc.1",
+            "_INBOX_math.abc",
+            "_INBOX_client.Xyz.Q7",
+            "_INBOX_payment-processor.a",
+        ] {
+            assert!(is_inbox(inbox), "{inbox}");
+        }
+        for other in [
+            EVENT_PAYMENT_COMPLETED,
+            "events._INBOX.x",
+            "_INBOX",
+            "_INBOX.",
+            "_INBOX_",
+            "_INBOX_.x",
+            "_INBOX_math",
+            "_INBOX_math.",
+            "_INBOX..x",
+            "_INBOX.a..b",
+            "_INBOX.>",
+            "_INBOX_math.*",
+            "_INBOXES.x",
+            "_inbox.x",
+            "",
+        ] {
+            assert!(!is_inbox(other), "{other:?}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt as _, future::BoxFuture};
 use protocol::micro::{
     EndpointInfo, EndpointStats, INFO_RESPONSE_TYPE, InfoResponse, PING_RESPONSE_TYPE,
-    PingResponse, STATS_RESPONSE_TYPE, StatsResponse, Verb,
+    PingResponse, REFUSED_REPLIES, STATS_RESPONSE_TYPE, StatsResponse, Verb,
 };
 use protocol::names::headers;
 use protocol::{ErrorCode, ServiceError};
@@ -425,7 +425,77 @@ async fn endpoint_loop(
     }
 }
 
+/// Refuses a request whose reply subject is not an inbox
+/// ([`protocol::subjects::is_inbox`]): answering it would make this service
+/// publish wherever the requester pointed (`events.payment.completed`, say).
+/// Returns true when refused; it is logged (once per reply subject, see
+/// [`warn_refused`]) and counted in the endpoint's `$SRV.STATS` data.
+fn refuse_reply(ctx: &EndpointCtx, message: &Message) -> bool {
+    let Some(reply) = &message.reply else {
+        return false;
+    };
+    if protocol::subjects::is_inbox(reply) {
+        return false;
+    }
+    warn_refused(reply, &message.subject);
+    if let Ok(mut stats) = ctx.stats.lock()
+        && let Some(s) = stats.get_mut(ctx.index)
+    {
+        let refused = refused_replies(s).saturating_add(1);
+        s.data = Some(serde_json::json!({ REFUSED_REPLIES: refused }));
+    }
+    true
+}
+
+/// How many requests of this endpoint were refused for a reply subject
+/// that is not an inbox.
+pub fn refused_replies(stats: &EndpointStats) -> u64 {
+    stats
+        .data
+        .as_ref()
+        .and_then(|d| d.get(REFUSED_REPLIES))
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// Reply subjects a refusal was logged for; past this many, only every
+/// [`REFUSAL_LOG_EVERY`]th refusal is logged.
+const REFUSAL_LOG_SUBJECTS: usize = 1024;
+const REFUSAL_LOG_EVERY: u64 = 1000;
+
+/// Logs a refused reply subject once per subject (bounded, then sampled),
+/// so a requester cannot flood the logs.
+fn warn_refused(reply: &str, subject: &str) {
+    static SEEN: std::sync::LazyLock<Mutex<(std::collections::HashSet<String>, u64)>> =
+        std::sync::LazyLock::new(|| Mutex::new((std::collections::HashSet::new(), 0)));
+    let log = match SEEN.lock() {
+        Ok(mut seen) => {
+            let (subjects, past_cap) = &mut *seen;
+            if subjects.contains(reply) {
+                false
+            } else if subjects.len() < REFUSAL_LOG_SUBJECTS {
+                subjects.insert(reply.to_owned());
+                true
+            } else {
+                *past_cap += 1;
+                *past_cap % REFUSAL_LOG_EVERY == 1
+            }
+        }
+        Err(_) => true,
+    };
+    if log {
+        tracing::warn!(
+            %subject,
+            %reply,
+            "request dropped: its reply subject is not an inbox (_INBOX. or _INBOX_<user>.)"
+        );
+    }
+}
+
 async fn handle(ctx: &EndpointCtx, message: Message) {
+    if refuse_reply(ctx, &message) {
+        return;
+    }
     let started = Instant::now();
     let result = if message.payload.len() > ctx.max_payload {
         Err(ServiceError::new(
@@ -543,6 +613,10 @@ async fn discovery_loop(
     };
     while let Some((verb, message)) = requests.next().await {
         let Some(reply) = message.reply else { continue };
+        if !protocol::subjects::is_inbox(&reply) {
+            warn_refused(&reply, &message.subject);
+            continue;
+        }
         let body = match verb {
             Verb::Ping => serde_json::to_vec(&ping),
             Verb::Info => serde_json::to_vec(&info),

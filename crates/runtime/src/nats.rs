@@ -62,7 +62,9 @@ pub async fn options(settings: &NatsSettings, name: &str) -> anyhow::Result<Conn
         opts = opts.retain_servers_order();
     }
     if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
-        opts = opts.user_and_password(user.clone(), password.clone());
+        opts = opts
+            .user_and_password(user.clone(), password.clone())
+            .custom_inbox_prefix(inbox_prefix(settings));
     } else if settings.user.is_some() || settings.password.is_some() {
         anyhow::bail!("nats.user and nats.password must be set together");
     }
@@ -100,6 +102,16 @@ pub async fn options(settings: &NatsSettings, name: &str) -> anyhow::Result<Conn
         opts = opts.require_tls(true);
     }
     Ok(opts)
+}
+
+/// The inbox prefix of connections with these settings: `_INBOX_<user>`
+/// when `nats.user` is set (that user may read only those inboxes, see
+/// `protocol::accounts`), else the default `_INBOX`.
+pub fn inbox_prefix(settings: &NatsSettings) -> String {
+    match &settings.user {
+        Some(user) => protocol::subjects::inbox_prefix(user),
+        None => protocol::subjects::INBOX_PREFIX.to_owned(),
+    }
 }
 
 /// Connects and waits until the first connection is up, logging while it

@@ -1,5 +1,6 @@
-//! The runtime against real servers: auth wiring, the single-server replica
-//! fallback, maintenance on a lone server, and shutdown before connecting.
+//! The runtime against real servers: auth wiring (and the user's inbox
+//! prefix), the single-server replica fallback, maintenance on a lone
+//! server, and shutdown before connecting.
 
 #![allow(
     clippy::unwrap_used,
@@ -176,4 +177,74 @@ async fn shutdown_while_waiting_for_nats_is_a_clean_exit() {
         .await
         .unwrap_err();
     assert!(runtime::is_stopped(&err), "{err:#}");
+}
+
+#[tokio::test]
+async fn a_user_connection_uses_its_own_inbox_prefix_for_every_reply() {
+    let store = tempfile::tempdir().unwrap();
+    let store = store.path().to_str().unwrap().to_owned();
+    let server = Server::start(&["--user", "svc", "--pass", "s3cret", "-js", "-sd", &store]);
+    let stop = CancellationToken::new();
+    let with_user = NatsSettings {
+        urls: vec![server.url.clone()],
+        user: Some("svc".into()),
+        password: Some("s3cret".into()),
+        ..Default::default()
+    };
+    assert_eq!(runtime::nats::inbox_prefix(&with_user), "_INBOX_svc");
+    assert_eq!(
+        runtime::nats::inbox_prefix(&NatsSettings::default()),
+        "_INBOX"
+    );
+    let conn = runtime::nats::connect(&with_user, "inbox-test", &stop)
+        .await
+        .unwrap()
+        .unwrap();
+    let client = conn.client.clone();
+    assert!(client.new_inbox().starts_with("_INBOX_svc."));
+
+    // A request: the reply subject the responder sees is under the prefix.
+    let mut responder = client.subscribe("inbox.test").await.unwrap();
+    let answering = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let msg = futures::StreamExt::next(&mut responder).await.unwrap();
+            let reply = msg.reply.unwrap();
+            client.publish(reply.clone(), "pong".into()).await.unwrap();
+            reply.to_string()
+        }
+    });
+    let answer = client.request("inbox.test", "ping".into()).await.unwrap();
+    assert_eq!(&answer.payload[..], b"pong");
+    assert!(answering.await.unwrap().starts_with("_INBOX_svc."));
+
+    // JetStream API replies and a pull consumer's deliveries arrive too.
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "INBOXTEST".into(),
+        subjects: vec!["inboxtest.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.publish("inboxtest.a", "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .create_consumer_on_stream(
+            async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("inboxtest".into()),
+                ..Default::default()
+            },
+            "INBOXTEST",
+        )
+        .await
+        .unwrap();
+    let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let message = futures::StreamExt::next(&mut batch).await.unwrap().unwrap();
+    assert_eq!(&message.payload[..], b"x");
+    message.double_ack().await.unwrap();
+    conn.drain(Duration::from_secs(2)).await;
 }

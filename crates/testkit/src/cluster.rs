@@ -70,7 +70,18 @@ pub struct ClusterOptions {
     /// Switchyard ships; `false` leaves nats-server's default (every 2 min),
     /// for measuring what durability costs.
     pub sync_always: bool,
+    /// Start with the deployments' accounts and users
+    /// (`protocol::accounts::render_conf`), each user with a random password
+    /// for this cluster: connect as one with [`Cluster::client_as`]. The
+    /// cluster's own connections ([`Cluster::client`]) then use the
+    /// testkit-only user [`TESTKIT_USER`], which may do anything.
+    pub accounts: bool,
 }
+
+/// The user of the testkit's own connections on a cluster started with
+/// [`ClusterOptions::accounts`] (readiness probes, [`Cluster::client`]): not
+/// a user of any deployment.
+pub const TESTKIT_USER: &str = "testkit";
 
 impl Default for ClusterOptions {
     fn default() -> Self {
@@ -83,7 +94,55 @@ impl Default for ClusterOptions {
             dir: None,
             ready_timeout: Duration::from_secs(30),
             sync_always: true,
+            accounts: false,
         }
+    }
+}
+
+/// Users and passwords of a cluster started with [`ClusterOptions::accounts`].
+#[derive(Debug, Clone)]
+struct Auth {
+    /// `(user, password)`, for connecting.
+    passwords: Vec<(String, String)>,
+    /// `(env var, password)`: what the server config's `$VAR`s resolve to.
+    env: Vec<(String, String)>,
+    /// The accounts part of the node config.
+    conf: String,
+}
+
+impl Auth {
+    fn generate() -> Auth {
+        let mut users = protocol::accounts::all();
+        users.push(protocol::accounts::User {
+            name: TESTKIT_USER,
+            password_env: "TESTKIT_PASSWORD",
+            publish: vec![">".to_owned()],
+            subscribe: vec![">".to_owned()],
+            allow_responses: false,
+        });
+        let mut passwords = Vec::new();
+        let mut env = Vec::new();
+        let named = users.iter().map(|u| (u.name, u.password_env)).chain([(
+            protocol::accounts::SYS,
+            protocol::accounts::SYS_PASSWORD_ENV,
+        )]);
+        for (name, password_env) in named {
+            let password = nuid::next().to_string();
+            passwords.push((name.to_owned(), password.clone()));
+            env.push((password_env.to_owned(), password));
+        }
+        Auth {
+            passwords,
+            env,
+            conf: protocol::accounts::render_conf(&users),
+        }
+    }
+
+    fn password(&self, user: &str) -> Option<&str> {
+        self.passwords
+            .iter()
+            .find(|(name, _)| name == user)
+            .map(|(_, password)| password.as_str())
     }
 }
 
@@ -103,6 +162,7 @@ pub struct Cluster {
     bin: PathBuf,
     dir: PathBuf,
     ready_timeout: Duration,
+    auth: Option<Auth>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -160,6 +220,7 @@ impl Cluster {
             .iter()
             .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
             .collect();
+        let auth = opts.accounts.then(Auth::generate);
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
             let store = dir.join(format!("n{i}"));
@@ -189,6 +250,9 @@ impl Cluster {
                     routes.join(", ")
                 )?;
             }
+            if let Some(auth) = &auth {
+                conf.push_str(&auth.conf);
+            }
             let config = dir.join(format!("n{i}.conf"));
             std::fs::write(&config, conf)?;
             nodes.push(Node {
@@ -204,6 +268,7 @@ impl Cluster {
             bin,
             dir,
             ready_timeout: opts.ready_timeout,
+            auth,
             _temp: temp,
         };
         for i in 0..n {
@@ -226,6 +291,9 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if let Some(auth) = &self.auth {
+            command.envs(auth.env.iter().map(|(k, v)| (k, v)));
+        }
         let child = crate::spawn_tied(command)
             .with_context(|| format!("starting {}", self.bin.display()))?;
         node.child = Some(child);
@@ -294,9 +362,52 @@ impl Cluster {
         self.nodes.get(i)?.child.as_ref().map(Child::id)
     }
 
+    /// The options of the cluster's own connections: no user, or
+    /// [`TESTKIT_USER`] on a cluster with [`ClusterOptions::accounts`].
+    fn own_options(&self) -> async_nats::ConnectOptions {
+        match &self.auth {
+            None => async_nats::ConnectOptions::new(),
+            Some(auth) => async_nats::ConnectOptions::with_user_and_password(
+                TESTKIT_USER.to_owned(),
+                auth.password(TESTKIT_USER).unwrap_or_default().to_owned(),
+            ),
+        }
+    }
+
+    /// The password of `user` on a cluster started with
+    /// [`ClusterOptions::accounts`] (for a service's `nats.password`).
+    pub fn password(&self, user: &str) -> anyhow::Result<String> {
+        let auth = self
+            .auth
+            .as_ref()
+            .context("this cluster was started without accounts")?;
+        auth.password(user)
+            .map(str::to_owned)
+            .with_context(|| format!("no NATS user {user:?} on this cluster"))
+    }
+
+    /// Options to connect as `user` (a service user or `client`) the way
+    /// the runtime does: its password and its own inbox prefix
+    /// (`protocol::subjects::inbox_prefix`). Add an event callback or the
+    /// like, then connect to [`Cluster::urls`].
+    pub fn options_as(&self, user: &str) -> anyhow::Result<async_nats::ConnectOptions> {
+        Ok(async_nats::ConnectOptions::with_user_and_password(
+            user.to_owned(),
+            self.password(user)?,
+        )
+        .custom_inbox_prefix(protocol::subjects::inbox_prefix(user))
+        .connection_timeout(Duration::from_secs(2)))
+    }
+
+    /// A client connected as `user` (see [`Cluster::options_as`]).
+    pub async fn client_as(&self, user: &str) -> anyhow::Result<async_nats::Client> {
+        Ok(self.options_as(user)?.connect(self.urls()).await?)
+    }
+
     /// A client that knows every node.
     pub async fn client(&self) -> anyhow::Result<async_nats::Client> {
-        Ok(async_nats::ConnectOptions::new()
+        Ok(self
+            .own_options()
             .connection_timeout(Duration::from_secs(2))
             .connect(self.urls())
             .await?)
@@ -306,7 +417,8 @@ impl Cluster {
     pub async fn client_to(&self, i: usize) -> anyhow::Result<async_nats::Client> {
         let mut urls = vec![self.url(i)];
         urls.extend((0..self.len()).filter(|&j| j != i).map(|j| self.url(j)));
-        Ok(async_nats::ConnectOptions::new()
+        Ok(self
+            .own_options()
             .retain_servers_order()
             .connection_timeout(Duration::from_secs(2))
             .connect(urls)
@@ -439,7 +551,8 @@ impl Cluster {
                 );
             }
             let attempt = async {
-                let client = async_nats::ConnectOptions::new()
+                let client = self
+                    .own_options()
                     .connection_timeout(Duration::from_millis(500))
                     .connect(self.url(i))
                     .await?;

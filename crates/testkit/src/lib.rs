@@ -20,7 +20,7 @@ pub mod js;
 mod process;
 mod service;
 
-pub use cluster::{Cluster, ClusterOptions, nats_server_bin, node_urls};
+pub use cluster::{Cluster, ClusterOptions, TESTKIT_USER, nats_server_bin, node_urls};
 pub use process::spawn_tied;
 pub mod smtp;
 pub use service::{

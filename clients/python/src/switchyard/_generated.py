@@ -32,6 +32,7 @@ REGISTRY_DEREGISTER = "services.registry.deregister"
 REGISTRY_LIST = "services.registry.list"
 REGISTRY_LOOKUP_PREFIX = "services.registry.lookup"
 SRV_PREFIX = "$SRV"
+USER_INBOX_PREFIX = "_INBOX_"
 SERVICES = ("registry", "math", "email-notifier", "payment-processor", "log-worker", "stock-ticker",)
 STREAM_PAYMENTS = "PAYMENTS"
 STREAM_PAYMENTS_DLQ = "PAYMENTS_DLQ"

@@ -8,6 +8,7 @@ import json
 import uuid
 from decimal import Decimal
 from typing import Any, AsyncIterator, Iterable, Optional, Union
+from urllib.parse import urlparse
 
 import nats
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
@@ -18,7 +19,7 @@ from ._generated import (  # Subjects of the contract (docs/CONTRACT.md), genera
     BUCKET_CONFIG, EMAIL_SEND, HEADER_MSG_ID, KEY_SITE_MAINTENANCE, LOG_LEVELS, LOGS_PREFIX, LOGS_QUERY, LOGS_STATS,
     MATH_CALCULATE, MATH_OPERATIONS, MATH_PREFIX, PAYMENT_PROCESS, PAYMENT_REPLAY, PAYMENT_STATUS, REGISTRY_DEREGISTER,
     REGISTRY_HEARTBEAT, REGISTRY_LIST, REGISTRY_LOOKUP_PREFIX, REGISTRY_REGISTER, SRV_PREFIX, STOCKS_ALL, STOCKS_PREFIX,
-    STOCKS_SNAPSHOT, STOCKS_SYMBOLS,
+    STOCKS_SNAPSHOT, STOCKS_SYMBOLS, USER_INBOX_PREFIX,
 )
 from .errors import NoResponders, Timeout
 from .models import (
@@ -26,6 +27,27 @@ from .models import (
 )
 
 DEFAULT_SERVERS = ["nats://127.0.0.1:4222"]
+
+
+def inbox_prefix(user: Optional[str]) -> Optional[str]:
+    """The inbox prefix of a connection as NATS user ``user``: ``_INBOX_<user>``.
+
+    In the locked-down deployments each user may read only its own inboxes
+    (``_INBOX_<user>.>``), so replies to a connection as ``client`` must come
+    there; without a user it is None (nats-py's default ``_INBOX``).
+    """
+    return f"{USER_INBOX_PREFIX}{user}" if user else None
+
+
+def _user_of(servers: Iterable[str], options: dict) -> Optional[str]:
+    """The user a connection authenticates as: ``user=`` or a URL's ``user:pass@``."""
+    if options.get("user"):
+        return options["user"]
+    for server in servers:
+        user = urlparse(server).username
+        if user:
+            return user
+    return None
 
 
 
@@ -57,7 +79,11 @@ class Switchyard:
         options.setdefault("name", "switchyard-python")
         options.setdefault("max_reconnect_attempts", -1)
         options.setdefault("reconnect_time_wait", 0.25)
-        nc = await nats.connect(servers=list(servers or DEFAULT_SERVERS), **options)
+        servers = list(servers or DEFAULT_SERVERS)
+        prefix = inbox_prefix(_user_of(servers, options))
+        if prefix:
+            options.setdefault("inbox_prefix", prefix)
+        nc = await nats.connect(servers=servers, **options)
         return cls(nc, timeout)
 
     async def close(self) -> None:

@@ -1,0 +1,353 @@
+//! The NATS users of the locked-down deployments and what each may do, in
+//! one pure place: derived from the service manifests ([`crate::manifest`]),
+//! so a renamed subject or a new stream cannot leave a stale or missing
+//! permission behind. `switchyard accounts` writes them out
+//! (`deploy/nats/accounts.conf`, `deploy/k8s/nats-values.yaml`); testkit
+//! starts clusters with the same [`render_conf`].
+//!
+//! Every user has its own inbox prefix ([`subjects::inbox_prefix`]) and may
+//! subscribe only to its own inboxes, so no user reads another's replies,
+//! KV answers or JetStream pull deliveries.
+
+use crate::manifest::{self, Manifest};
+use crate::subjects;
+
+/// The host clients' user (CLI, Python client, tests).
+pub const CLIENT: &str = "client";
+/// The environment variable holding [`CLIENT`]'s password.
+pub const CLIENT_PASSWORD_ENV: &str = "CLIENT_PASSWORD";
+/// The system account's user.
+pub const SYS: &str = "sys";
+/// The environment variable holding [`SYS`]'s password.
+pub const SYS_PASSWORD_ENV: &str = "SYS_PASSWORD";
+
+/// One user of account `APP`: the env var holding its password and what it
+/// may do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub name: &'static str,
+    pub password_env: &'static str,
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+    /// May publish to the reply subject of a message it received (services
+    /// answering requests). The runtime answers only inboxes
+    /// ([`subjects::is_inbox`]).
+    pub allow_responses: bool,
+}
+
+/// The JetStream API's account-wide info call.
+const JS_API_INFO: &str = "$JS.API.INFO";
+
+/// Every `$JS.API` call (and ack / flow control) a client of `stream` makes:
+/// info/create/update, get and delete messages, and its consumers.
+fn stream_access(stream: &str) -> Vec<String> {
+    [
+        "$JS.API.STREAM.*.{s}",
+        "$JS.API.STREAM.MSG.GET.{s}",
+        "$JS.API.STREAM.MSG.DELETE.{s}",
+        "$JS.API.DIRECT.GET.{s}",
+        "$JS.API.DIRECT.GET.{s}.>",
+        "$JS.API.CONSUMER.CREATE.{s}",
+        "$JS.API.CONSUMER.CREATE.{s}.>",
+        "$JS.API.CONSUMER.DURABLE.CREATE.{s}.>",
+        "$JS.API.CONSUMER.INFO.{s}.>",
+        "$JS.API.CONSUMER.DELETE.{s}.>",
+        "$JS.API.CONSUMER.MSG.NEXT.{s}.>",
+        "$JS.ACK.{s}.>",
+        "$JS.FC.{s}.>",
+    ]
+    .iter()
+    .map(|p| p.replace("{s}", stream))
+    .chain([subjects::stream_probe(stream)])
+    .collect()
+}
+
+/// The stream behind KV bucket `bucket`.
+fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// A KV bucket: its stream's API plus reads and writes of its keys.
+fn bucket_access(bucket: &str) -> Vec<String> {
+    // A bucket's stream has no probe subject: its probe is a key (`$KV.<bucket>.>`).
+    let probe = subjects::stream_probe(&kv_stream(bucket));
+    let mut out = stream_access(&kv_stream(bucket));
+    out.retain(|s| *s != probe);
+    out.push(subjects::kv_key(bucket, ">"));
+    out
+}
+
+/// A bucket the service only reads one key of (and watches it over core
+/// NATS): open or create the bucket, get the key, and the readiness probe
+/// (refused by the stream, never stored). No other writes, no consumers.
+fn key_read_access(bucket: &str) -> Vec<String> {
+    let s = kv_stream(bucket);
+    vec![
+        format!("$JS.API.STREAM.INFO.{s}"),
+        format!("$JS.API.STREAM.CREATE.{s}"),
+        format!("$JS.API.STREAM.MSG.GET.{s}"),
+        format!("$JS.API.DIRECT.GET.{s}.>"),
+        subjects::kv_key(bucket, crate::names::keys::USABLE_PROBE),
+    ]
+}
+
+fn push_unique(list: &mut Vec<String>, items: impl IntoIterator<Item = String>) {
+    for item in items {
+        if !list.contains(&item) {
+            list.push(item);
+        }
+    }
+}
+
+/// The user of one service, from its manifest.
+pub fn user(m: &Manifest) -> User {
+    let mut publish = Vec::new();
+    let mut subscribe = Vec::new();
+    if !m.streams.is_empty() || !m.buckets.is_empty() {
+        publish.push(JS_API_INFO.to_owned());
+    }
+    for b in &m.buckets {
+        if let Some(key) = b.only_key {
+            push_unique(&mut publish, key_read_access(b.bucket));
+            push_unique(&mut subscribe, [subjects::kv_key(b.bucket, key)]);
+        }
+    }
+    push_unique(&mut publish, m.requests.iter().cloned());
+    push_unique(&mut publish, m.publishes.iter().cloned());
+    for s in &m.streams {
+        push_unique(&mut publish, stream_access(s.stream));
+    }
+    for b in m.buckets.iter().filter(|b| b.only_key.is_none()) {
+        push_unique(&mut publish, bucket_access(b.bucket));
+    }
+    push_unique(&mut publish, m.js_publishes.iter().cloned());
+
+    let mut subs = m.subscribes.clone();
+    subs.push(subjects::user_inbox_all(m.user));
+    subs.append(&mut subscribe);
+    push_unique(&mut subs, m.endpoints.iter().map(|e| e.subject.clone()));
+    push_unique(&mut subs, m.advisories.iter().map(|a| a.subject.clone()));
+    User {
+        name: m.user,
+        password_env: m.password_env,
+        publish,
+        subscribe: subs,
+        allow_responses: true,
+    }
+}
+
+/// The six service users, in `services::ALL` order.
+pub fn users() -> Vec<User> {
+    manifest::ALL.iter().map(user).collect()
+}
+
+/// The host clients' user (CLI, Python client, tests): calls every
+/// endpoint, asks `$SRV`, publishes payments, emails and logs, uses the
+/// whole JetStream API and KV (maintenance, admin), and follows ticks, logs
+/// and events. It is still an admin of the account's JetStream (a later step
+/// splits `client` and `admin`); what it no longer has is other users'
+/// inboxes: it subscribes only to its own.
+pub fn client() -> User {
+    let mut publish = vec![
+        "$JS.API.>".to_owned(),
+        "$JS.ACK.>".to_owned(),
+        "$JS.FC.>".to_owned(),
+        subjects::kv_key("*", ">"),
+        subjects::stream_probe("*"),
+        crate::micro::SRV_ALL.to_owned(),
+    ];
+    for m in manifest::ALL.iter() {
+        push_unique(&mut publish, m.endpoints.iter().map(|e| e.subject.clone()));
+    }
+    push_unique(
+        &mut publish,
+        [
+            subjects::PAYMENT_PROCESS.to_owned(),
+            subjects::LOGS_ALL.to_owned(),
+        ],
+    );
+    User {
+        name: CLIENT,
+        password_env: CLIENT_PASSWORD_ENV,
+        publish,
+        subscribe: vec![
+            subjects::user_inbox_all(CLIENT),
+            subjects::STOCKS_ALL.to_owned(),
+            subjects::LOGS_ALL.to_owned(),
+            subjects::EVENTS_ALL.to_owned(),
+        ],
+        allow_responses: false,
+    }
+}
+
+/// Every user of account `APP`: the six services, then [`client`].
+pub fn all() -> Vec<User> {
+    let mut all = users();
+    all.push(client());
+    all
+}
+
+/// A JSON list of subjects (the NATS config format accepts JSON arrays).
+pub fn list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_default()
+}
+
+/// The server config for `users` (usually [`all`]): account `APP` with
+/// JetStream and these users, and the system account `SYS`. Passwords are
+/// `$<password_env>` variables, which nats-server resolves from its
+/// environment. This is `deploy/nats/accounts.conf`.
+pub fn render_conf(users: &[User]) -> String {
+    let mut out = String::from(
+        "# Generated by `just accounts` (switchyard accounts) from the service manifests\n\
+         # (crates/protocol/src/manifest.rs, crates/protocol/src/accounts.rs); edit those, not\n\
+         # this file. Passwords come from the environment. Account APP has JetStream; SYS is the\n\
+         # system account. Each user has its own inbox prefix (_INBOX_<user>) and reads only it.\n\
+         accounts {\n  APP {\n    jetstream: enabled\n    users: [\n",
+    );
+    for u in users {
+        out.push_str(&format!(
+            "      {{ user: {}, password: ${}, permissions: {{\n          publish: {{ allow: {} }}\n          subscribe: {{ allow: {} }}\n{}      }}}}\n",
+            u.name,
+            u.password_env,
+            list(&u.publish),
+            list(&u.subscribe),
+            if u.allow_responses {
+                "          allow_responses: true\n"
+            } else {
+                ""
+            }
+        ));
+    }
+    out.push_str(&format!(
+        "    ]\n  }}\n  SYS {{\n    users: [ {{ user: {SYS}, password: ${SYS_PASSWORD_ENV} }} ]\n  }}\n}}\nsystem_account: SYS\n"
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::services;
+
+    fn allowed(list: &[String], s: &str) -> bool {
+        list.iter().any(|p| manifest::matches(p, s))
+    }
+
+    #[test]
+    fn each_user_answers_only_its_own_service() {
+        let users = users();
+        let user_of = |service: &str| -> &User {
+            let name = manifest::of(service).map(|m| m.user).unwrap_or_default();
+            users.iter().find(|u| u.name == name).unwrap()
+        };
+        let math = &user_of(services::MATH).subscribe;
+        assert!(math.contains(&subjects::MATH_CALCULATE.to_owned()));
+        assert!(!math.iter().any(|s| s.contains("payment")));
+        assert!(
+            user_of(services::PAYMENT_PROCESSOR)
+                .subscribe
+                .contains(&subjects::PAYMENT_STATUS.to_owned())
+        );
+        for m in manifest::ALL.iter() {
+            let u = user_of(m.service);
+            assert!(
+                !u.publish.iter().any(|s| s == ">" || s == "$JS.API.>"),
+                "{u:?}"
+            );
+            assert!(u.publish.contains(&subjects::logs_of(m.service).unwrap()));
+        }
+    }
+
+    #[test]
+    fn every_manifest_subject_is_permitted() {
+        for m in manifest::ALL.iter() {
+            let u = user(m);
+            for s in m.all_subscribed() {
+                assert!(allowed(&u.subscribe, s), "{}: subscribe {s}", m.service);
+            }
+            for s in m.all_published() {
+                assert!(allowed(&u.publish, s), "{}: publish {s}", m.service);
+            }
+            for c in &m.consumers {
+                let next = format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", c.stream, c.durable);
+                assert!(allowed(&u.publish, &next), "{}: {next}", m.service);
+            }
+        }
+    }
+
+    #[test]
+    fn every_user_reads_only_its_own_inboxes() {
+        let all = all();
+        assert_eq!(all.len(), manifest::ALL.len() + 1);
+        for u in &all {
+            let own = format!("{}.abc", subjects::inbox_prefix(u.name));
+            assert!(allowed(&u.subscribe, &own), "{}: {own}", u.name);
+            assert!(!allowed(&u.subscribe, "_INBOX.abc"), "{}", u.name);
+            assert!(
+                !u.subscribe
+                    .iter()
+                    .any(|s| s == ">" || s.starts_with("_INBOX.")),
+                "{u:?}"
+            );
+            for other in all.iter().filter(|o| o.name != u.name) {
+                let theirs = format!("{}.abc", subjects::inbox_prefix(other.name));
+                assert!(
+                    !allowed(&u.subscribe, &theirs),
+                    "{} may read {theirs}",
+                    u.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_client_calls_every_endpoint_and_publishes_what_hosts_publish() {
+        let c = client();
+        assert!(!c.allow_responses);
+        for m in manifest::ALL.iter() {
+            for e in &m.endpoints {
+                let subject = e.subject.replace('*', "x");
+                assert!(allowed(&c.publish, &subject), "client: {subject}");
+            }
+        }
+        for s in [
+            subjects::PAYMENT_PROCESS,
+            subjects::EMAIL_SEND,
+            "logs.math.info",
+            subjects::LOGS_PROCESS,
+            "$JS.API.STREAM.INFO.PAYMENTS",
+            "$KV.config.site_maintenance",
+            "$SRV.PING",
+        ] {
+            assert!(allowed(&c.publish, s), "client: publish {s}");
+        }
+        for s in ["stocks.AAPL", "logs.math.info", "events.payment.completed"] {
+            assert!(allowed(&c.subscribe, s), "client: subscribe {s}");
+        }
+        // Not a service: it cannot publish events or answer requests.
+        assert!(!allowed(&c.publish, subjects::EVENT_PAYMENT_COMPLETED));
+    }
+
+    #[test]
+    fn the_conf_has_every_user_with_its_permissions() {
+        let all = all();
+        let conf = render_conf(&all);
+        for u in &all {
+            assert!(
+                conf.contains(&format!(
+                    "{{ user: {}, password: ${}, permissions: {{",
+                    u.name, u.password_env
+                )),
+                "{}",
+                u.name
+            );
+            assert!(conf.contains(&list(&u.subscribe)), "{}", u.name);
+        }
+        assert!(!conf.contains("\"_INBOX.>\""), "{conf}");
+        assert_eq!(
+            conf.matches("allow_responses: true").count(),
+            manifest::ALL.len()
+        );
+        assert!(conf.ends_with("system_account: SYS\n"));
+    }
+}
