@@ -38,28 +38,36 @@ pub struct User {
 /// The JetStream API's account-wide info call.
 const JS_API_INFO: &str = "$JS.API.INFO";
 
-/// Every `$JS.API` call (and ack / flow control) a client of `stream` makes:
-/// info/create/update, get and delete messages, and its consumers.
-fn stream_access(stream: &str) -> Vec<String> {
-    [
-        "$JS.API.STREAM.*.{s}",
+/// Every `$JS.API` call (and ack / flow control) a service makes on
+/// `stream`: info, create and update (`runtime::js::ensure_stream` /
+/// `ensure_kv` at start), get messages (direct or through the leader), and
+/// create, read and pull its consumers. Never delete, purge, snapshot or
+/// restore the stream, nor delete a consumer; deleting single messages only
+/// with `deletes_messages` (from the manifest).
+fn stream_access(stream: &str, deletes_messages: bool) -> Vec<String> {
+    let mut verbs = vec![
+        "$JS.API.STREAM.INFO.{s}",
+        "$JS.API.STREAM.CREATE.{s}",
+        "$JS.API.STREAM.UPDATE.{s}",
         "$JS.API.STREAM.MSG.GET.{s}",
-        "$JS.API.STREAM.MSG.DELETE.{s}",
         "$JS.API.DIRECT.GET.{s}",
         "$JS.API.DIRECT.GET.{s}.>",
         "$JS.API.CONSUMER.CREATE.{s}",
         "$JS.API.CONSUMER.CREATE.{s}.>",
         "$JS.API.CONSUMER.DURABLE.CREATE.{s}.>",
         "$JS.API.CONSUMER.INFO.{s}.>",
-        "$JS.API.CONSUMER.DELETE.{s}.>",
         "$JS.API.CONSUMER.MSG.NEXT.{s}.>",
         "$JS.ACK.{s}.>",
         "$JS.FC.{s}.>",
-    ]
-    .iter()
-    .map(|p| p.replace("{s}", stream))
-    .chain([subjects::stream_probe(stream)])
-    .collect()
+    ];
+    if deletes_messages {
+        verbs.push("$JS.API.STREAM.MSG.DELETE.{s}");
+    }
+    verbs
+        .iter()
+        .map(|p| p.replace("{s}", stream))
+        .chain([subjects::stream_probe(stream)])
+        .collect()
 }
 
 /// The stream behind KV bucket `bucket`.
@@ -71,7 +79,7 @@ fn kv_stream(bucket: &str) -> String {
 fn bucket_access(bucket: &str) -> Vec<String> {
     // A bucket's stream has no probe subject: its probe is a key (`$KV.<bucket>.>`).
     let probe = subjects::stream_probe(&kv_stream(bucket));
-    let mut out = stream_access(&kv_stream(bucket));
+    let mut out = stream_access(&kv_stream(bucket), false);
     out.retain(|s| *s != probe);
     out.push(subjects::kv_key(bucket, ">"));
     out
@@ -115,7 +123,7 @@ pub fn user(m: &Manifest) -> User {
     push_unique(&mut publish, m.requests.iter().cloned());
     push_unique(&mut publish, m.publishes.iter().cloned());
     for s in &m.streams {
-        push_unique(&mut publish, stream_access(s.stream));
+        push_unique(&mut publish, stream_access(s.stream, s.deletes_messages));
     }
     for b in m.buckets.iter().filter(|b| b.only_key.is_none()) {
         push_unique(&mut publish, bucket_access(b.bucket));
@@ -271,6 +279,99 @@ mod tests {
             for c in &m.consumers {
                 let next = format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", c.stream, c.durable);
                 assert!(allowed(&u.publish, &next), "{}: {next}", m.service);
+            }
+        }
+    }
+
+    /// Every stream of the deployments, and the streams behind every bucket.
+    fn every_stream() -> Vec<String> {
+        use crate::names::{buckets, streams};
+        let mut all: Vec<String> = [
+            streams::PAYMENTS,
+            streams::PAYMENTS_DLQ,
+            streams::PAYMENTS_ADVISORIES,
+            streams::EVENTS,
+            streams::LOGS,
+            streams::LOGS_DLQ,
+            streams::STOCKS,
+            streams::EMAILS,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        for b in [
+            buckets::CONFIG,
+            buckets::PAYMENTS,
+            buckets::REGISTRY,
+            buckets::STOCKS_LEASE,
+            buckets::LOG_STATS,
+            buckets::EMAIL_SENT,
+        ] {
+            all.push(kv_stream(b));
+        }
+        all.push("ANY_OTHER".to_owned());
+        all
+    }
+
+    #[test]
+    fn no_service_user_deletes_purges_snapshots_or_restores_anything() {
+        for u in users() {
+            for stream in every_stream() {
+                for verb in [
+                    "STREAM.DELETE",
+                    "STREAM.PURGE",
+                    "STREAM.SNAPSHOT",
+                    "STREAM.RESTORE",
+                ] {
+                    let subject = format!("$JS.API.{verb}.{stream}");
+                    assert!(!allowed(&u.publish, &subject), "{}: {subject}", u.name);
+                }
+                let subject = format!("$JS.API.CONSUMER.DELETE.{stream}.any");
+                assert!(!allowed(&u.publish, &subject), "{}: {subject}", u.name);
+            }
+            assert!(
+                !u.publish
+                    .iter()
+                    .any(|p| p.starts_with("$JS.API.STREAM.*") || p.contains(".>.")),
+                "{u:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_payments_deletes_messages_and_only_from_payments() {
+        for u in users() {
+            for stream in every_stream() {
+                let subject = format!("$JS.API.STREAM.MSG.DELETE.{stream}");
+                let expected = u.name == "payments" && stream == crate::names::streams::PAYMENTS;
+                assert_eq!(
+                    allowed(&u.publish, &subject),
+                    expected,
+                    "{}: {subject}",
+                    u.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn each_service_may_create_update_and_read_the_streams_it_declares() {
+        for m in manifest::ALL.iter() {
+            let u = user(m);
+            let streams = m
+                .streams
+                .iter()
+                .map(|s| s.stream.to_owned())
+                .chain(m.buckets.iter().map(|b| kv_stream(b.bucket)));
+            for s in streams {
+                for verb in ["STREAM.INFO", "STREAM.CREATE", "STREAM.MSG.GET"] {
+                    let subject = format!("$JS.API.{verb}.{s}");
+                    assert!(allowed(&u.publish, &subject), "{}: {subject}", m.service);
+                }
+            }
+            for s in &m.streams {
+                let subject = format!("$JS.API.STREAM.UPDATE.{}", s.stream);
+                assert!(allowed(&u.publish, &subject), "{}: {subject}", m.service);
             }
         }
     }

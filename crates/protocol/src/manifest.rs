@@ -38,6 +38,10 @@ pub struct Endpoint {
 pub struct StreamUse {
     pub stream: &'static str,
     pub role: Role,
+    /// The service deletes single messages from it
+    /// (`$JS.API.STREAM.MSG.DELETE`). No service deletes or purges a whole
+    /// stream.
+    pub deletes_messages: bool,
 }
 
 /// A durable consumer the service creates and reads.
@@ -152,7 +156,22 @@ impl Manifest {
     }
 
     fn stream(mut self, stream: &'static str, role: Role) -> Self {
-        self.streams.push(StreamUse { stream, role });
+        self.streams.push(StreamUse {
+            stream,
+            role,
+            deletes_messages: false,
+        });
+        self
+    }
+
+    /// Like [`Self::stream`], for a stream the service deletes single
+    /// messages from.
+    fn stream_deleting_messages(mut self, stream: &'static str, role: Role) -> Self {
+        self.streams.push(StreamUse {
+            stream,
+            role,
+            deletes_messages: true,
+        });
         self
     }
 
@@ -307,7 +326,9 @@ fn payment_processor() -> Manifest {
         subjects::PAYMENT_REPLAY,
         queue_groups::MICRO_DEFAULT,
     )
-    .stream(streams::PAYMENTS, Role::Owns)
+    // Advisories: a request that exhausted its deliveries is moved to the
+    // DLQ and deleted from PAYMENTS (`advisories.rs`).
+    .stream_deleting_messages(streams::PAYMENTS, Role::Owns)
     .stream(streams::PAYMENTS_DLQ, Role::Owns)
     .stream(streams::PAYMENTS_ADVISORIES, Role::Owns)
     .stream(streams::EVENTS, Role::Uses)
