@@ -12,12 +12,15 @@
 //! - [`spawn_service`] starts a service in-process, [`spawn_process`] as a
 //!   child process (for real crashes); both return once it answers
 //!   `$SRV.PING`. [`eventually`] is the one poller tests wait with.
+//! - [`refusals::connect_watched`] connects as a user of an accounts
+//!   cluster and waits for the server to refuse a publish or subscription.
 //! - [`js::r3_kv`] makes an R3 bucket and returns once it is usable from the
 //!   caller's connection (no retry needed after).
 
 mod cluster;
 pub mod js;
 mod process;
+pub mod refusals;
 mod service;
 
 pub use cluster::{Cluster, ClusterOptions, TESTKIT_USER, nats_server_bin, node_urls};
