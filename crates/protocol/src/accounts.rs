@@ -39,16 +39,18 @@ pub struct User {
 const JS_API_INFO: &str = "$JS.API.INFO";
 
 /// Every `$JS.API` call (and ack / flow control) a service makes on
-/// `stream`: info, create and update (`runtime::js::ensure_stream` /
-/// `ensure_kv` at start), get messages (direct or through the leader), and
-/// create, read and pull its consumers. Never delete, purge, snapshot or
-/// restore the stream, nor delete a consumer; deleting single messages only
-/// with `deletes_messages` (from the manifest).
-fn stream_access(stream: &str, deletes_messages: bool) -> Vec<String> {
+/// `stream`: info and create (`runtime::js::ensure_stream` / `ensure_kv` at
+/// start), update only for a stream it owns (`ensure_stream` never updates a
+/// shared one, and `ensure_kv` never updates a bucket: an update could shrink
+/// the limits of a stream others rely on, a purge by another name), get
+/// messages (direct or through the leader), and create, read and pull its
+/// consumers. Never delete, purge, snapshot or restore the stream, nor delete
+/// a consumer; deleting single messages only with `deletes_messages` (from
+/// the manifest).
+fn stream_access(stream: &str, updates: bool, deletes_messages: bool) -> Vec<String> {
     let mut verbs = vec![
         "$JS.API.STREAM.INFO.{s}",
         "$JS.API.STREAM.CREATE.{s}",
-        "$JS.API.STREAM.UPDATE.{s}",
         "$JS.API.STREAM.MSG.GET.{s}",
         "$JS.API.DIRECT.GET.{s}",
         "$JS.API.DIRECT.GET.{s}.>",
@@ -60,6 +62,9 @@ fn stream_access(stream: &str, deletes_messages: bool) -> Vec<String> {
         "$JS.ACK.{s}.>",
         "$JS.FC.{s}.>",
     ];
+    if updates {
+        verbs.push("$JS.API.STREAM.UPDATE.{s}");
+    }
     if deletes_messages {
         verbs.push("$JS.API.STREAM.MSG.DELETE.{s}");
     }
@@ -79,7 +84,7 @@ fn kv_stream(bucket: &str) -> String {
 fn bucket_access(bucket: &str) -> Vec<String> {
     // A bucket's stream has no probe subject: its probe is a key (`$KV.<bucket>.>`).
     let probe = subjects::stream_probe(&kv_stream(bucket));
-    let mut out = stream_access(&kv_stream(bucket), false);
+    let mut out = stream_access(&kv_stream(bucket), false, false);
     out.retain(|s| *s != probe);
     out.push(subjects::kv_key(bucket, ">"));
     out
@@ -123,7 +128,10 @@ pub fn user(m: &Manifest) -> User {
     push_unique(&mut publish, m.requests.iter().cloned());
     push_unique(&mut publish, m.publishes.iter().cloned());
     for s in &m.streams {
-        push_unique(&mut publish, stream_access(s.stream, s.deletes_messages));
+        push_unique(
+            &mut publish,
+            stream_access(s.stream, s.role == manifest::Role::Owns, s.deletes_messages),
+        );
     }
     for b in m.buckets.iter().filter(|b| b.only_key.is_none()) {
         push_unique(&mut publish, bucket_access(b.bucket));
@@ -339,6 +347,18 @@ mod tests {
     }
 
     #[test]
+    fn no_service_user_updates_a_shared_stream_or_any_bucket() {
+        for u in users() {
+            for stream in every_stream() {
+                let subject = format!("$JS.API.STREAM.UPDATE.{stream}");
+                if stream == crate::names::streams::EVENTS || stream.starts_with("KV_") {
+                    assert!(!allowed(&u.publish, &subject), "{}: {subject}", u.name);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn only_payments_deletes_messages_and_only_from_payments() {
         for u in users() {
             for stream in every_stream() {
@@ -371,7 +391,13 @@ mod tests {
             }
             for s in &m.streams {
                 let subject = format!("$JS.API.STREAM.UPDATE.{}", s.stream);
-                assert!(allowed(&u.publish, &subject), "{}: {subject}", m.service);
+                let owns = s.role == manifest::Role::Owns;
+                assert_eq!(
+                    allowed(&u.publish, &subject),
+                    owns,
+                    "{}: {subject}",
+                    m.service
+                );
             }
         }
     }

@@ -320,6 +320,11 @@ async fn attacks_as(cluster: &Cluster, user: &accounts::User, all: &[accounts::U
         format!("$JS.API.STREAM.SNAPSHOT.{}", streams::PAYMENTS),
         format!("$JS.API.STREAM.RESTORE.{}", streams::PAYMENTS),
         format!("$JS.API.STREAM.MSG.DELETE.{}", streams::EVENTS),
+        // An update of a shared stream or a bucket (shrinking its limits
+        // would purge it by another name).
+        format!("$JS.API.STREAM.UPDATE.{}", streams::EVENTS),
+        format!("$JS.API.STREAM.UPDATE.KV_{}", buckets::PAYMENTS),
+        format!("$JS.API.STREAM.UPDATE.KV_{}", buckets::CONFIG),
         format!(
             "$JS.API.CONSUMER.DELETE.{}.{}",
             streams::PAYMENTS,
@@ -329,7 +334,7 @@ async fn attacks_as(cluster: &Cluster, user: &accounts::User, all: &[accounts::U
         w.publish_refused(&subject).await;
         rows += 1;
     }
-    row("purge/delete/snapshot");
+    row("purge/delete/update shared");
 
     // Positive control on the same connection: a permitted JetStream call
     // is answered and produces no violation.
