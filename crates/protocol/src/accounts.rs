@@ -294,29 +294,8 @@ mod tests {
     /// Every stream of the deployments, and the streams behind every bucket.
     fn every_stream() -> Vec<String> {
         use crate::names::{buckets, streams};
-        let mut all: Vec<String> = [
-            streams::PAYMENTS,
-            streams::PAYMENTS_DLQ,
-            streams::PAYMENTS_ADVISORIES,
-            streams::EVENTS,
-            streams::LOGS,
-            streams::LOGS_DLQ,
-            streams::STOCKS,
-            streams::EMAILS,
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        for b in [
-            buckets::CONFIG,
-            buckets::PAYMENTS,
-            buckets::REGISTRY,
-            buckets::STOCKS_LEASE,
-            buckets::LOG_STATS,
-            buckets::EMAIL_SENT,
-        ] {
-            all.push(kv_stream(b));
-        }
+        let mut all: Vec<String> = streams::ALL.iter().map(|s| (*s).to_owned()).collect();
+        all.extend(buckets::ALL.iter().map(|b| kv_stream(b)));
         all.push("ANY_OTHER".to_owned());
         all
     }

@@ -489,24 +489,7 @@ mod tests {
 
     #[test]
     fn every_stream_and_bucket_has_one_owner_or_is_shared() {
-        let all_streams = [
-            streams::PAYMENTS,
-            streams::PAYMENTS_DLQ,
-            streams::PAYMENTS_ADVISORIES,
-            streams::EVENTS,
-            streams::LOGS,
-            streams::LOGS_DLQ,
-            streams::STOCKS,
-            streams::EMAILS,
-        ];
-        let all_buckets = [
-            buckets::CONFIG,
-            buckets::PAYMENTS,
-            buckets::REGISTRY,
-            buckets::STOCKS_LEASE,
-            buckets::LOG_STATS,
-            buckets::EMAIL_SENT,
-        ];
+        let (all_streams, all_buckets) = (streams::ALL, buckets::ALL);
         for stream in all_streams {
             let owners = ALL
                 .iter()

@@ -51,6 +51,18 @@ pub mod streams {
     pub const STOCKS: &str = "STOCKS";
     /// Durable (and scheduled) outgoing email.
     pub const EMAILS: &str = "EMAILS";
+    /// Every stream of the system (a new one goes here, and the manifest
+    /// tests then want an owner for it).
+    pub const ALL: [&str; 8] = [
+        PAYMENTS,
+        PAYMENTS_DLQ,
+        PAYMENTS_ADVISORIES,
+        EVENTS,
+        LOGS,
+        LOGS_DLQ,
+        STOCKS,
+        EMAILS,
+    ];
 }
 
 /// Durable JetStream consumers.
@@ -76,6 +88,15 @@ pub mod buckets {
     /// The email-notifier's durable record of mails the SMTP relay accepted
     /// (key = email id, written right after the relay's 250).
     pub const EMAIL_SENT: &str = "email-sent";
+    /// Every bucket of the system.
+    pub const ALL: [&str; 6] = [
+        CONFIG,
+        PAYMENTS,
+        REGISTRY,
+        STOCKS_LEASE,
+        LOG_STATS,
+        EMAIL_SENT,
+    ];
 }
 
 /// Well-known KV keys.
