@@ -21,6 +21,22 @@ pub async fn r3_kv(js: &jetstream::Context, bucket: &str) -> anyhow::Result<kv::
     .await
 }
 
+/// How many messages stream `stream` holds now.
+#[allow(
+    clippy::expect_used,
+    reason = "a test harness fails the test by panicking"
+)]
+pub async fn message_count(js: &jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream)
+        .await
+        .expect("opening the stream")
+        .info()
+        .await
+        .expect("reading the stream's info")
+        .state
+        .messages
+}
+
 #[allow(
     clippy::expect_used,
     reason = "a test harness fails the test by panicking"

@@ -508,7 +508,6 @@ async fn gateway_failures_retry_then_dead_letter_then_replay() {
     })
     .await;
     // The server notices the exhausted message when it next serves a pull.
-    let advisories = js.get_stream("PAYMENTS_ADVISORIES").await.unwrap();
     eventually(
         "a MAX_DELIVERIES advisory kept in PAYMENTS_ADVISORIES",
         Duration::from_secs(20),
@@ -523,7 +522,7 @@ async fn gateway_failures_retry_then_dead_letter_then_replay() {
             if let Some(Ok(m)) = pull.next().await {
                 panic!("delivered a 5th time: {:?}", m.info().unwrap().delivered);
             }
-            match advisories.clone().info().await.unwrap().state.messages {
+            match testkit::js::message_count(&js, "PAYMENTS_ADVISORIES").await {
                 1 => Ok(()),
                 n => Err(format!("{n} advisories kept")),
             }
@@ -562,16 +561,8 @@ async fn gateway_failures_retry_then_dead_letter_then_replay() {
         "the advisory and the message gone",
         Duration::from_secs(10),
         || async {
-            let kept = advisories.clone().info().await.unwrap().state.messages;
-            let queued = js
-                .get_stream("PAYMENTS")
-                .await
-                .unwrap()
-                .info()
-                .await
-                .unwrap()
-                .state
-                .messages;
+            let kept = testkit::js::message_count(&js, "PAYMENTS_ADVISORIES").await;
+            let queued = testkit::js::message_count(&js, "PAYMENTS").await;
             if kept == 0 && queued == 0 {
                 Ok(())
             } else {
