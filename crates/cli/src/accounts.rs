@@ -36,11 +36,12 @@ pub(crate) fn render_helm(users: &[User]) -> String {
     );
     for u in users {
         out.push_str(&format!(
-            "          - user: {}\n            password: << ${} >>\n            permissions:\n              publish: {{ allow: {} }}\n              subscribe: {{ allow: {} }}\n{}",
+            "          - user: {}\n            password: << ${} >>\n            permissions:\n              publish: {{ allow: {} }}\n              subscribe: {{ allow: {}{} }}\n{}",
             u.name,
             u.password_env,
             list(&u.publish),
             list(&u.subscribe),
+            accounts::deny_part(&u.subscribe_deny),
             if u.allow_responses {
                 "              allow_responses: true\n"
             } else {

@@ -9,6 +9,7 @@ mod logs;
 mod math;
 mod pay;
 mod schemas;
+mod secrets;
 mod status;
 mod stocks;
 mod up;
@@ -71,6 +72,8 @@ enum Command {
     Schemas(schemas::SchemasArgs),
     /// Write the NATS users of the compose and Helm deployments (or check them).
     Accounts(accounts::AccountsArgs),
+    /// Generate the deployment's passwords into an ignored env file (`.env`), once.
+    Secrets(secrets::SecretsArgs),
     /// Write the Python client's constants and the docs' subject table (or check them).
     Codegen(codegen::CodegenArgs),
 }
@@ -96,6 +99,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Schemas(args) => schemas::run(args),
         Command::Accounts(args) => accounts::run(args),
         Command::Codegen(args) => codegen::run(args),
+        Command::Secrets(args) => secrets::run(args),
         Command::Bench(args) => bench::run(&cli.servers, args).await,
         Command::BenchHelper(args) => bench::helper::run(&cli.servers, args).await,
     };

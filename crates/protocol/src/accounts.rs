@@ -16,6 +16,16 @@ use crate::subjects;
 pub const CLIENT: &str = "client";
 /// The environment variable holding [`CLIENT`]'s password.
 pub const CLIENT_PASSWORD_ENV: &str = "CLIENT_PASSWORD";
+/// The operators' user: every right in account `APP` (streams, buckets,
+/// consumers, the maintenance flag, dead letters, replays) except reading
+/// other users' inboxes. Provisioning runs as this user.
+pub const ADMIN: &str = "admin";
+/// The environment variable holding [`ADMIN`]'s password.
+pub const ADMIN_PASSWORD_ENV: &str = "ADMIN_PASSWORD";
+/// The user the cluster's nodes authenticate each other's routes with.
+pub const ROUTE: &str = "route";
+/// The environment variable holding [`ROUTE`]'s password.
+pub const ROUTE_PASSWORD_ENV: &str = "ROUTE_PASSWORD";
 /// The system account's user.
 pub const SYS: &str = "sys";
 /// The environment variable holding [`SYS`]'s password.
@@ -29,6 +39,9 @@ pub struct User {
     pub password_env: &'static str,
     pub publish: Vec<String>,
     pub subscribe: Vec<String>,
+    /// Subscriptions refused even where `subscribe` allows them (only
+    /// [`admin`], whose allow list is everything: the other users' inboxes).
+    pub subscribe_deny: Vec<String>,
     /// May publish to the reply subject of a message it received (services
     /// answering requests). The runtime answers only inboxes
     /// ([`subjects::is_inbox`]).
@@ -148,6 +161,7 @@ pub fn user(m: &Manifest) -> User {
         password_env: m.password_env,
         publish,
         subscribe: subs,
+        subscribe_deny: vec![],
         allow_responses: true,
     }
 }
@@ -192,20 +206,62 @@ pub fn client() -> User {
             subjects::LOGS_ALL.to_owned(),
             subjects::EVENTS_ALL.to_owned(),
         ],
+        subscribe_deny: vec![],
         allow_responses: false,
     }
 }
 
-/// Every user of account `APP`: the six services, then [`client`].
+/// The operators' user ([`ADMIN`]): publishes and subscribes to anything
+/// in account `APP` except the other users' inboxes (and the shared
+/// `_INBOX.>` of connections without a user).
+pub fn admin() -> User {
+    let mut deny = vec![subjects::INBOX_ALL.to_owned()];
+    deny.extend(
+        users()
+            .iter()
+            .chain([&client()])
+            .map(|u| subjects::user_inbox_all(u.name)),
+    );
+    User {
+        name: ADMIN,
+        password_env: ADMIN_PASSWORD_ENV,
+        publish: vec![">".to_owned()],
+        subscribe: vec![">".to_owned()],
+        subscribe_deny: deny,
+        allow_responses: false,
+    }
+}
+
+/// Every user of account `APP`: the six services, [`client`], then [`admin`].
 pub fn all() -> Vec<User> {
     let mut all = users();
     all.push(client());
+    all.push(admin());
     all
+}
+
+/// Every password a deployment needs, as environment variable names: the
+/// users of [`all`], then [`SYS_PASSWORD_ENV`] and [`ROUTE_PASSWORD_ENV`].
+/// `switchyard secrets` generates one random value for each.
+pub fn password_envs() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = all().iter().map(|u| u.password_env).collect();
+    out.push(SYS_PASSWORD_ENV);
+    out.push(ROUTE_PASSWORD_ENV);
+    out
 }
 
 /// A JSON list of subjects (the NATS config format accepts JSON arrays).
 pub fn list(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_default()
+}
+
+/// `, deny: [...]` after an allow list, when there is anything to deny.
+pub fn deny_part(deny: &[String]) -> String {
+    if deny.is_empty() {
+        String::new()
+    } else {
+        format!(", deny: {}", list(deny))
+    }
 }
 
 /// The server config for `users` (usually [`all`]): account `APP` with
@@ -222,11 +278,12 @@ pub fn render_conf(users: &[User]) -> String {
     );
     for u in users {
         out.push_str(&format!(
-            "      {{ user: {}, password: ${}, permissions: {{\n          publish: {{ allow: {} }}\n          subscribe: {{ allow: {} }}\n{}      }}}}\n",
+            "      {{ user: {}, password: ${}, permissions: {{\n          publish: {{ allow: {} }}\n          subscribe: {{ allow: {}{} }}\n{}      }}}}\n",
             u.name,
             u.password_env,
             list(&u.publish),
             list(&u.subscribe),
+            deny_part(&u.subscribe_deny),
             if u.allow_responses {
                 "          allow_responses: true\n"
             } else {
@@ -384,24 +441,25 @@ mod tests {
     #[test]
     fn every_user_reads_only_its_own_inboxes() {
         let all = all();
-        assert_eq!(all.len(), manifest::ALL.len() + 1);
+        assert_eq!(all.len(), manifest::ALL.len() + 2);
+        // What the server lets `u` subscribe to: allowed and not denied.
+        let may_read =
+            |u: &User, s: &str| allowed(&u.subscribe, s) && !allowed(&u.subscribe_deny, s);
         for u in &all {
             let own = format!("{}.abc", subjects::inbox_prefix(u.name));
-            assert!(allowed(&u.subscribe, &own), "{}: {own}", u.name);
-            assert!(!allowed(&u.subscribe, "_INBOX.abc"), "{}", u.name);
-            assert!(
-                !u.subscribe
-                    .iter()
-                    .any(|s| s == ">" || s.starts_with("_INBOX.")),
-                "{u:?}"
-            );
+            assert!(may_read(u, &own), "{}: {own}", u.name);
+            assert!(!may_read(u, "_INBOX.abc"), "{}", u.name);
+            if u.name != ADMIN {
+                assert!(
+                    !u.subscribe
+                        .iter()
+                        .any(|s| s == ">" || s.starts_with("_INBOX.")),
+                    "{u:?}"
+                );
+            }
             for other in all.iter().filter(|o| o.name != u.name) {
                 let theirs = format!("{}.abc", subjects::inbox_prefix(other.name));
-                assert!(
-                    !allowed(&u.subscribe, &theirs),
-                    "{} may read {theirs}",
-                    u.name
-                );
+                assert!(!may_read(u, &theirs), "{} may read {theirs}", u.name);
             }
         }
     }
@@ -449,7 +507,9 @@ mod tests {
             );
             assert!(conf.contains(&list(&u.subscribe)), "{}", u.name);
         }
-        assert!(!conf.contains("\"_INBOX.>\""), "{conf}");
+        // `_INBOX.>` appears only in admin's deny list.
+        assert_eq!(conf.matches("\"_INBOX.>\"").count(), 1, "{conf}");
+        assert!(conf.contains(&format!("deny: {}", list(&admin().subscribe_deny))));
         assert_eq!(
             conf.matches("allow_responses: true").count(),
             manifest::ALL.len()

@@ -118,6 +118,7 @@ impl Auth {
             password_env: "TESTKIT_PASSWORD",
             publish: vec![">".to_owned()],
             subscribe: vec![">".to_owned()],
+            subscribe_deny: vec![],
             allow_responses: false,
         });
         let mut passwords = Vec::new();
