@@ -147,7 +147,9 @@ async fn maintenance(servers: &[String], state: Option<MaintenanceState>) -> any
     if let Some(state) = state {
         runtime::maintenance::set(&js, replicas, matches!(state, MaintenanceState::On)).await?;
     }
-    let store = runtime::maintenance::config_bucket(&js, replicas).await?;
+    let store =
+        runtime::maintenance::config_bucket(&js, replicas, runtime::settings::AssetMode::Expect)
+            .await?;
     let on = store
         .get(protocol::names::keys::SITE_MAINTENANCE)
         .await

@@ -51,41 +51,70 @@ pub struct User {
 /// The JetStream API's account-wide info call.
 const JS_API_INFO: &str = "$JS.API.INFO";
 
-/// Every `$JS.API` call (and ack / flow control) a service makes on
-/// `stream`: info and create (`runtime::js::ensure_stream` / `ensure_kv` at
-/// start), update only for a stream it owns (`ensure_stream` never updates a
-/// shared one, and `ensure_kv` never updates a bucket: an update could shrink
-/// the limits of a stream others rely on, a purge by another name), get
-/// messages (direct or through the leader), and create, read and pull its
-/// consumers. Never delete, purge, snapshot or restore the stream, nor delete
-/// a consumer; deleting single messages only with `deletes_messages` (from
-/// the manifest).
-fn stream_access(stream: &str, updates: bool, deletes_messages: bool) -> Vec<String> {
-    let mut verbs = vec![
-        "$JS.API.STREAM.INFO.{s}",
-        "$JS.API.STREAM.CREATE.{s}",
-        "$JS.API.STREAM.MSG.GET.{s}",
-        "$JS.API.DIRECT.GET.{s}",
-        "$JS.API.DIRECT.GET.{s}.>",
-        "$JS.API.CONSUMER.CREATE.{s}",
-        "$JS.API.CONSUMER.CREATE.{s}.>",
-        "$JS.API.CONSUMER.DURABLE.CREATE.{s}.>",
-        "$JS.API.CONSUMER.INFO.{s}.>",
-        "$JS.API.CONSUMER.MSG.NEXT.{s}.>",
-        "$JS.ACK.{s}.>",
-        "$JS.FC.{s}.>",
-    ];
-    if updates {
-        verbs.push("$JS.API.STREAM.UPDATE.{s}");
+/// Every `$JS.API` call a service makes on stream `s.stream` it uses. The
+/// assets exist already: `admin` provisions them (`<binary> provision`),
+/// and services run with `jetstream.assets = expect`, so a service never
+/// creates, updates, deletes, purges, snapshots or restores a stream, and
+/// never creates a durable consumer. (A user allowed to create or update a
+/// stream could point its `sources`, `mirror` or `republish` at anything,
+/// and one allowed to create a consumer could give it any deliver subject:
+/// nats-server checks no permission there.) What is left:
+/// - stream info, and reading messages (direct or through the leader);
+/// - per durable consumer of its own (`durables`): its info, pulling
+///   (`MSG.NEXT`) and acking (`$JS.ACK.<stream>.<durable>.>`);
+/// - deleting single messages only with `deletes_messages`;
+/// - short-lived ordered consumers only with `queries` (see
+///   [`ordered_reads`]);
+/// - its readiness probe (refused by the stream, never stored).
+fn stream_access(s: &manifest::StreamUse, durables: &[&str]) -> Vec<String> {
+    let name = s.stream;
+    let mut out = reads(name);
+    for d in durables {
+        out.extend(durable_access(name, d));
     }
-    if deletes_messages {
-        verbs.push("$JS.API.STREAM.MSG.DELETE.{s}");
+    if s.deletes_messages {
+        out.push(format!("$JS.API.STREAM.MSG.DELETE.{name}"));
     }
-    verbs
-        .iter()
-        .map(|p| p.replace("{s}", stream))
-        .chain([subjects::stream_probe(stream)])
-        .collect()
+    if s.queries {
+        out.extend(ordered_reads(name));
+    }
+    out.push(subjects::stream_probe(name));
+    out
+}
+
+/// Stream info and message reads of `stream`.
+fn reads(stream: &str) -> Vec<String> {
+    vec![
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+    ]
+}
+
+/// Info, pull and ack of durable consumer `durable` of `stream`, and
+/// nothing of any other consumer.
+fn durable_access(stream: &str, durable: &str) -> Vec<String> {
+    vec![
+        format!("$JS.API.CONSUMER.INFO.{stream}.{durable}"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"),
+        format!("$JS.ACK.{stream}.{durable}.>"),
+    ]
+}
+
+/// Creating and reading short-lived ordered consumers on `stream` (a
+/// query, a KV key listing). The one right here that names no consumer: an
+/// ordered consumer gets a random name. What it can reach is `stream`'s
+/// own messages, which the user reads anyway; `docs/SECURITY.md` lists the
+/// deliver-subject caveat.
+fn ordered_reads(stream: &str) -> Vec<String> {
+    vec![
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
+        format!("$JS.FC.{stream}.>"),
+    ]
 }
 
 /// The stream behind KV bucket `bucket`.
@@ -93,24 +122,23 @@ fn kv_stream(bucket: &str) -> String {
     format!("KV_{bucket}")
 }
 
-/// A KV bucket: its stream's API plus reads and writes of its keys.
+/// A KV bucket the service owns: reads, writes of its keys, and listing
+/// its keys (an ordered consumer).
 fn bucket_access(bucket: &str) -> Vec<String> {
-    // A bucket's stream has no probe subject: its probe is a key (`$KV.<bucket>.>`).
-    let probe = subjects::stream_probe(&kv_stream(bucket));
-    let mut out = stream_access(&kv_stream(bucket), false, false);
-    out.retain(|s| *s != probe);
+    let stream = kv_stream(bucket);
+    let mut out = reads(&stream);
+    out.extend(ordered_reads(&stream));
     out.push(subjects::kv_key(bucket, ">"));
     out
 }
 
 /// A bucket the service only reads one key of (and watches it over core
-/// NATS): open or create the bucket, get the key, and the readiness probe
-/// (refused by the stream, never stored). No other writes, no consumers.
+/// NATS): get the key, and the readiness probe (a put the stream refuses,
+/// never stored). No other writes, no consumers.
 fn key_read_access(bucket: &str) -> Vec<String> {
     let s = kv_stream(bucket);
     vec![
         format!("$JS.API.STREAM.INFO.{s}"),
-        format!("$JS.API.STREAM.CREATE.{s}"),
         format!("$JS.API.STREAM.MSG.GET.{s}"),
         format!("$JS.API.DIRECT.GET.{s}.>"),
         subjects::kv_key(bucket, crate::names::keys::USABLE_PROBE),
@@ -141,10 +169,13 @@ pub fn user(m: &Manifest) -> User {
     push_unique(&mut publish, m.requests.iter().cloned());
     push_unique(&mut publish, m.publishes.iter().cloned());
     for s in &m.streams {
-        push_unique(
-            &mut publish,
-            stream_access(s.stream, s.role == manifest::Role::Owns, s.deletes_messages),
-        );
+        let durables: Vec<&str> = m
+            .consumers
+            .iter()
+            .filter(|c| c.stream == s.stream)
+            .map(|c| c.durable)
+            .collect();
+        push_unique(&mut publish, stream_access(s, &durables));
     }
     for b in m.buckets.iter().filter(|b| b.only_key.is_none()) {
         push_unique(&mut publish, bucket_access(b.bucket));
@@ -171,31 +202,54 @@ pub fn users() -> Vec<User> {
     manifest::ALL.iter().map(user).collect()
 }
 
-/// The host clients' user (CLI, Python client, tests): calls every
-/// endpoint, asks `$SRV`, publishes payments, emails and logs, uses the
-/// whole JetStream API and KV (maintenance, admin), and follows ticks, logs
-/// and events. It is still an admin of the account's JetStream (a later step
-/// splits `client` and `admin`); what it no longer has is other users'
-/// inboxes: it subscribes only to its own.
+/// Endpoints only [`admin`] calls: re-queueing a failed payment is an
+/// operation (it may charge again under a new idempotency key).
+pub const ADMIN_ONLY_ENDPOINTS: [&str; 1] = [subjects::PAYMENT_REPLAY];
+
+/// The applications' user (the CLI's everyday commands, the Python client,
+/// apps): calls every service endpoint but the [`ADMIN_ONLY_ENDPOINTS`],
+/// discovers (`$SRV`), publishes payments and logs, follows ticks, logs and
+/// events, reads stream and consumer state, the maintenance flag and the
+/// ticks' history. No JetStream administration (no stream, bucket or
+/// consumer creation, update, deletion or purge; no KV writes; no dead
+/// letters): that is [`admin`]. It subscribes only to its own inboxes.
 pub fn client() -> User {
     let mut publish = vec![
-        "$JS.API.>".to_owned(),
-        "$JS.ACK.>".to_owned(),
-        "$JS.FC.>".to_owned(),
-        subjects::kv_key("*", ">"),
-        subjects::stream_probe("*"),
         crate::micro::SRV_ALL.to_owned(),
+        subjects::PAYMENT_PROCESS.to_owned(),
+        subjects::LOGS_ALL.to_owned(),
+        // State, not content: stream and consumer info.
+        JS_API_INFO.to_owned(),
+        "$JS.API.STREAM.NAMES".to_owned(),
+        "$JS.API.STREAM.LIST".to_owned(),
+        "$JS.API.STREAM.INFO.*".to_owned(),
+        "$JS.API.CONSUMER.NAMES.*".to_owned(),
+        "$JS.API.CONSUMER.LIST.*".to_owned(),
+        "$JS.API.CONSUMER.INFO.*.*".to_owned(),
     ];
-    for m in manifest::ALL.iter() {
-        push_unique(&mut publish, m.endpoints.iter().map(|e| e.subject.clone()));
-    }
+    // The maintenance flag, read only.
     push_unique(
         &mut publish,
-        [
-            subjects::PAYMENT_PROCESS.to_owned(),
-            subjects::LOGS_ALL.to_owned(),
-        ],
+        key_read_access(crate::names::buckets::CONFIG)
+            .into_iter()
+            .filter(|s| s.starts_with("$JS.API.")),
     );
+    // `switchyard stocks history`: an ordered consumer on STOCKS.
+    push_unique(
+        &mut publish,
+        reads(crate::names::streams::STOCKS)
+            .into_iter()
+            .chain(ordered_reads(crate::names::streams::STOCKS)),
+    );
+    for m in manifest::ALL.iter() {
+        push_unique(
+            &mut publish,
+            m.endpoints
+                .iter()
+                .map(|e| e.subject.clone())
+                .filter(|s| !ADMIN_ONLY_ENDPOINTS.contains(&s.as_str())),
+        );
+    }
     User {
         name: CLIENT,
         password_env: CLIENT_PASSWORD_ENV,
@@ -411,7 +465,7 @@ mod tests {
     }
 
     #[test]
-    fn each_service_may_create_update_and_read_the_streams_it_declares() {
+    fn services_read_what_they_use_and_touch_only_their_own_durables() {
         for m in manifest::ALL.iter() {
             let u = user(m);
             let streams = m
@@ -420,21 +474,115 @@ mod tests {
                 .map(|s| s.stream.to_owned())
                 .chain(m.buckets.iter().map(|b| kv_stream(b.bucket)));
             for s in streams {
-                for verb in ["STREAM.INFO", "STREAM.CREATE", "STREAM.MSG.GET"] {
+                for verb in ["STREAM.INFO", "STREAM.MSG.GET"] {
                     let subject = format!("$JS.API.{verb}.{s}");
                     assert!(allowed(&u.publish, &subject), "{}: {subject}", m.service);
                 }
             }
-            for s in &m.streams {
-                let subject = format!("$JS.API.STREAM.UPDATE.{}", s.stream);
-                let owns = s.role == manifest::Role::Owns;
-                assert_eq!(
-                    allowed(&u.publish, &subject),
-                    owns,
-                    "{}: {subject}",
-                    m.service
-                );
+            for c in &m.consumers {
+                for subject in [
+                    format!("$JS.API.CONSUMER.INFO.{}.{}", c.stream, c.durable),
+                    format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", c.stream, c.durable),
+                    format!("$JS.ACK.{}.{}.1.2.3.4.5", c.stream, c.durable),
+                ] {
+                    assert!(allowed(&u.publish, &subject), "{}: {subject}", m.service);
+                }
+                // Another durable on the same stream: nothing.
+                for subject in [
+                    format!("$JS.API.CONSUMER.INFO.{}.other", c.stream),
+                    format!("$JS.API.CONSUMER.MSG.NEXT.{}.other", c.stream),
+                    format!("$JS.ACK.{}.other.1.2.3.4.5", c.stream),
+                ] {
+                    let queried = m.streams.iter().any(|s| s.stream == c.stream && s.queries);
+                    if !queried || subject.starts_with("$JS.ACK") {
+                        assert!(!allowed(&u.publish, &subject), "{}: {subject}", m.service);
+                    }
+                }
             }
+        }
+    }
+
+    #[test]
+    fn no_service_user_creates_or_updates_a_stream_or_a_durable_consumer() {
+        for u in users() {
+            for stream in every_stream() {
+                for verb in ["STREAM.CREATE", "STREAM.UPDATE"] {
+                    let subject = format!("$JS.API.{verb}.{stream}");
+                    assert!(!allowed(&u.publish, &subject), "{}: {subject}", u.name);
+                }
+                for subject in [
+                    format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.d"),
+                    format!("$JS.API.CONSUMER.CREATE.{stream}"),
+                    format!("$JS.API.CONSUMER.CREATE.{stream}.d"),
+                ] {
+                    // Only the ordered consumers of a query (log-worker on
+                    // LOGS) and of a key listing (a bucket it owns).
+                    let expected = allowed(&u.publish, &subject)
+                        && (stream == crate::names::streams::LOGS && u.name == "logs"
+                            || stream.starts_with("KV_")
+                                && manifest::ALL.iter().any(|m| {
+                                    m.user == u.name
+                                        && m.buckets.iter().any(|b| {
+                                            b.only_key.is_none() && kv_stream(b.bucket) == stream
+                                        })
+                                }));
+                    assert_eq!(
+                        allowed(&u.publish, &subject),
+                        expected,
+                        "{}: {subject}",
+                        u.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_client_administers_nothing() {
+        let c = client();
+        for stream in every_stream() {
+            for verb in [
+                "STREAM.CREATE",
+                "STREAM.UPDATE",
+                "STREAM.DELETE",
+                "STREAM.PURGE",
+                "STREAM.MSG.DELETE",
+                "STREAM.SNAPSHOT",
+                "STREAM.RESTORE",
+                "STREAM.MSG.GET",
+            ] {
+                let subject = format!("$JS.API.{verb}.{stream}");
+                let expected = verb == "STREAM.MSG.GET"
+                    && (stream == crate::names::streams::STOCKS || stream == "KV_config");
+                assert_eq!(allowed(&c.publish, &subject), expected, "client: {subject}");
+            }
+            let subject = format!("$JS.API.CONSUMER.DELETE.{stream}.any");
+            assert!(!allowed(&c.publish, &subject), "client: {subject}");
+        }
+        for subject in [
+            "$KV.config.site_maintenance",
+            "$KV.payments.pay-1",
+            "$JS.API.DIRECT.GET.KV_payments.$KV.payments.pay-1",
+            "$JS.API.CONSUMER.CREATE.PAYMENTS_DLQ",
+            "$JS.ACK.PAYMENTS.payment-processor.1.1.1.1.1",
+            subjects::PAYMENT_REPLAY,
+            subjects::PAYMENT_DLQ,
+            subjects::EVENT_PAYMENT_COMPLETED,
+        ] {
+            assert!(!allowed(&c.publish, subject), "client: {subject}");
+        }
+    }
+
+    #[test]
+    fn admin_may_do_everything() {
+        let a = admin();
+        for s in [
+            "$JS.API.STREAM.DELETE.PAYMENTS",
+            "$JS.API.STREAM.CREATE.X",
+            subjects::PAYMENT_REPLAY,
+            "$KV.config.site_maintenance",
+        ] {
+            assert!(allowed(&a.publish, s), "admin: {s}");
         }
     }
 
@@ -471,7 +619,8 @@ mod tests {
         for m in manifest::ALL.iter() {
             for e in &m.endpoints {
                 let subject = e.subject.replace('*', "x");
-                assert!(allowed(&c.publish, &subject), "client: {subject}");
+                let expected = !ADMIN_ONLY_ENDPOINTS.contains(&e.subject.as_str());
+                assert_eq!(allowed(&c.publish, &subject), expected, "client: {subject}");
             }
         }
         for s in [
@@ -480,7 +629,8 @@ mod tests {
             "logs.math.info",
             subjects::LOGS_PROCESS,
             "$JS.API.STREAM.INFO.PAYMENTS",
-            "$KV.config.site_maintenance",
+            "$JS.API.DIRECT.GET.KV_config.$KV.config.site_maintenance",
+            "$JS.API.CONSUMER.CREATE.STOCKS",
             "$SRV.PING",
         ] {
             assert!(allowed(&c.publish, s), "client: publish {s}");

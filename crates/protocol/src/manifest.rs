@@ -42,6 +42,8 @@ pub struct StreamUse {
     /// (`$JS.API.STREAM.MSG.DELETE`). No service deletes or purges a whole
     /// stream.
     pub deletes_messages: bool,
+    /// The service reads it through short-lived ordered consumers (queries).
+    pub queries: bool,
 }
 
 /// A durable consumer the service creates and reads.
@@ -160,6 +162,19 @@ impl Manifest {
             stream,
             role,
             deletes_messages: false,
+            queries: false,
+        });
+        self
+    }
+
+    /// Like [`Self::stream`], for a stream the service queries through
+    /// ordered consumers of its own.
+    fn stream_queried(mut self, stream: &'static str, role: Role) -> Self {
+        self.streams.push(StreamUse {
+            stream,
+            role,
+            deletes_messages: false,
+            queries: true,
         });
         self
     }
@@ -171,6 +186,7 @@ impl Manifest {
             stream,
             role,
             deletes_messages: true,
+            queries: false,
         });
         self
     }
@@ -350,7 +366,8 @@ fn log_worker() -> Manifest {
     Manifest::base(services::LOG_WORKER, "log-worker", "logs", "LOGS_PASSWORD")
         .endpoint("stats", subjects::LOGS_STATS, queue_groups::MICRO_DEFAULT)
         .endpoint("query", subjects::LOGS_QUERY, queue_groups::MICRO_DEFAULT)
-        .stream(streams::LOGS, Role::Owns)
+        // `services.logs.query` reads LOGS through an ordered consumer.
+        .stream_queried(streams::LOGS, Role::Owns)
         .stream(streams::LOGS_DLQ, Role::Owns)
         .consumer(streams::LOGS, consumers::LOG_WORKERS, None)
         .bucket(buckets::LOG_STATS, Role::Owns)

@@ -24,7 +24,7 @@
 //! non-zero and its supervisor restarts it.
 
 use crate::micro;
-use crate::settings::Settings;
+use crate::settings::{AssetMode, Settings};
 use crate::worker::{self, WorkerContext};
 use crate::{logship, maintenance, nats};
 use async_nats::jetstream::{self, consumer::PullConsumer};
@@ -87,13 +87,22 @@ impl App {
         logship::attach(&connection.client);
         let replicas = nats::effective_replicas(&connection.client, settings.jetstream.replicas);
         let background = CancellationToken::new();
-        let (maintenance, _task) = maintenance::watch(
-            connection.client.clone(),
-            jetstream.clone(),
-            replicas,
-            connection.reconnects(),
-            background.clone(),
-        );
+        let mode = settings.jetstream.assets;
+        let maintenance = if mode == AssetMode::Provision {
+            // Provisioning creates the shared bucket and serves nothing.
+            maintenance::config_bucket(&jetstream, replicas, mode).await?;
+            watch::channel(false).1
+        } else {
+            maintenance::watch(
+                connection.client.clone(),
+                jetstream.clone(),
+                replicas,
+                mode,
+                connection.reconnects(),
+                background.clone(),
+            )
+            .0
+        };
         Ok(App {
             name: name.to_owned(),
             id: nuid::next().to_string(),
@@ -124,6 +133,13 @@ impl App {
     /// Replicas for streams and buckets (1 against a lone server).
     pub fn replicas(&self) -> usize {
         self.replicas
+    }
+
+    /// What this service does with its streams, buckets and consumers
+    /// (`jetstream.assets`): pass it to [`crate::js::ensure_stream`],
+    /// [`crate::js::ensure_kv`] and [`crate::js::ensure_consumer`].
+    pub fn assets(&self) -> AssetMode {
+        self.settings.jetstream.assets
     }
 
     /// The maintenance flag, as it is now and as it changes.
@@ -324,6 +340,14 @@ impl<S: Clone + Send + Sync + 'static> Builder<S> {
         let Builder {
             app, micro, jobs, ..
         } = self;
+        if app.assets() == AssetMode::Provision {
+            // `<binary> provision`: everything before `serve` made the
+            // assets; nothing is served.
+            tracing::info!(service = %app.name, "provisioned: streams, buckets and consumers are in place");
+            app.background.cancel();
+            app.connection.drain(DRAIN_TIMEOUT).await;
+            return Ok(());
+        }
         let stop_work = CancellationToken::new();
         let mut running = JoinSet::new();
         let mut names = HashMap::new();

@@ -3,10 +3,11 @@
 //! this connection), retry infrastructure calls through a leader election,
 //! and publish durably with a `Nats-Msg-Id`.
 
+use crate::settings::AssetMode;
 use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{
-    self,
+    self, consumer,
     context::{PublishAckFuture, PublishErrorKind},
     kv, stream,
 };
@@ -20,18 +21,84 @@ use tokio::time::Instant;
 /// exists, for it to be usable from this connection (see [`wait_usable`]).
 pub const USABLE_BUDGET: Duration = Duration::from_secs(30);
 
-/// Creates the stream, or updates it to `config` when `update` is set and
-/// it exists (an update the server refuses is logged and the existing
-/// stream kept). Safe to call from many instances at once. Returns once the
-/// stream is usable from this connection ([`wait_usable`]), so the first
-/// publish after it is answered by the stream.
+/// How long a service in [`AssetMode::Expect`] waits for a missing
+/// stream, bucket or consumer before it fails (and is restarted).
+pub const EXPECT_BUDGET: Duration = Duration::from_secs(120);
+/// How often that wait says what it waits for.
+const EXPECT_NOTICE: Duration = Duration::from_secs(10);
+
+/// The hint a service waiting for a missing asset logs and fails with.
+fn provision_hint(what: &str) -> String {
+    format!(
+        "{what} does not exist and this service only uses what is provisioned \
+         (jetstream.assets = expect): run `<service binary> provision` as the admin user \
+         (`switchyard provision` does every service; `switchyard up` and `just docker-up` run it)"
+    )
+}
+
+/// Runs `lookup` until it succeeds, logging [`provision_hint`] every
+/// [`EXPECT_NOTICE`], failing after [`EXPECT_BUDGET`].
+async fn expect<T, E, F, Fut>(what: &str, mut lookup: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let started = Instant::now();
+    let mut noticed: Option<Instant> = None;
+    loop {
+        match lookup().await {
+            Ok(found) => {
+                if noticed.is_some() {
+                    tracing::info!(what, waited = ?started.elapsed(), "provisioned: found it");
+                }
+                return Ok(found);
+            }
+            Err(err) if started.elapsed() >= EXPECT_BUDGET => {
+                anyhow::bail!(
+                    "{} (waited {EXPECT_BUDGET:?}; last lookup: {err})",
+                    provision_hint(what)
+                )
+            }
+            Err(err) => {
+                if noticed.is_none_or(|at| at.elapsed() >= EXPECT_NOTICE) {
+                    tracing::warn!(what, error = %err, "{}", provision_hint(what));
+                    noticed = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Makes stream `config.name` ready for use, as `mode` says:
+/// [`AssetMode::Create`]/[`AssetMode::Provision`] create it, or update it to
+/// `config` when `update` is set and it exists (an update the server refuses
+/// is logged and the existing stream kept); [`AssetMode::Expect`] only looks
+/// it up, waiting while it is missing. Safe to call from many instances at
+/// once. Returns once the stream is usable from this connection
+/// ([`wait_usable`]), so the first publish after it is answered by the
+/// stream.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     config: stream::Config,
     update: bool,
+    mode: AssetMode,
 ) -> anyhow::Result<stream::Stream> {
     let name = config.name.clone();
     let config = with_probe(config);
+    if !mode.creates() {
+        let stream = expect(&format!("stream {name}"), || js.get_stream(&name)).await?;
+        let effective = stream.cached_info().config.clone();
+        wait_usable(
+            js,
+            &name,
+            probe_subject(&effective).as_deref(),
+            USABLE_BUDGET,
+        )
+        .await?;
+        return Ok(stream);
+    }
     let (stream, effective) = retry(&format!("ensuring stream {name}"), Duration::from_secs(30), || {
         let config = config.clone();
         let name = name.clone();
@@ -95,11 +162,27 @@ pub fn events_stream_config(replicas: usize, duplicate_window: Duration) -> stre
     }
 }
 
-/// Opens a KV bucket, creating it with `config` when missing. Returns once
-/// the bucket is usable from this connection ([`wait_usable`]), so the first
+/// Opens a KV bucket, creating it with `config` when missing and `mode`
+/// creates ([`AssetMode::Expect`] waits for it instead). Returns once the
+/// bucket is usable from this connection ([`wait_usable`]), so the first
 /// put after it is answered by the bucket's stream.
-pub async fn ensure_kv(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
+pub async fn ensure_kv(
+    js: &jetstream::Context,
+    config: kv::Config,
+    mode: AssetMode,
+) -> anyhow::Result<kv::Store> {
     let bucket = config.bucket.clone();
+    if !mode.creates() {
+        let store = expect(&format!("KV bucket {bucket}"), || js.get_key_value(&bucket)).await?;
+        wait_usable(
+            js,
+            &store.stream_name,
+            kv_probe_subject(&store).as_deref(),
+            USABLE_BUDGET,
+        )
+        .await?;
+        return Ok(store);
+    }
     let store = retry(
         &format!("ensuring KV bucket {bucket}"),
         Duration::from_secs(30),
@@ -132,6 +215,43 @@ pub async fn ensure_kv(js: &jetstream::Context, config: kv::Config) -> anyhow::R
     )
     .await?;
     Ok(store)
+}
+
+/// The durable pull consumer `config.durable_name` of `stream`, created or
+/// updated to `config` when `mode` creates; [`AssetMode::Expect`] only
+/// looks it up (`CONSUMER.INFO`), waiting while it is missing, and warns
+/// when its ack wait or max deliveries differ from `config` (provisioning
+/// applies the settings, not the service).
+pub async fn ensure_consumer(
+    stream: &stream::Stream,
+    config: consumer::pull::Config,
+    mode: AssetMode,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let durable = config.durable_name.clone().unwrap_or_default();
+    let stream_name = stream.cached_info().config.name.clone();
+    let what = format!("consumer {durable} of stream {stream_name}");
+    if mode.creates() {
+        return retry(&format!("creating {what}"), Duration::from_secs(30), || {
+            stream.create_consumer(config.clone())
+        })
+        .await;
+    }
+    let mut found: consumer::PullConsumer = expect(&what, || stream.get_consumer(&durable)).await?;
+    let info = found.cached_info();
+    if info.config.ack_wait != config.ack_wait || info.config.max_deliver != config.max_deliver {
+        tracing::warn!(
+            consumer = %what,
+            provisioned_ack_wait = ?info.config.ack_wait,
+            configured_ack_wait = ?config.ack_wait,
+            provisioned_max_deliver = info.config.max_deliver,
+            configured_max_deliver = config.max_deliver,
+            "the provisioned consumer differs from this service's settings; run provisioning again to apply them"
+        );
+    }
+    // The cached info is not used after start; refresh it so `info()`
+    // callers see a current one.
+    let _ = found.info().await;
+    Ok(found)
 }
 
 /// The `Nats-Expected-Last-Sequence` a probe sends. No stream reaches it, so

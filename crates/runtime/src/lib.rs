@@ -26,14 +26,35 @@ pub use micro::{Service, ServiceBuilder};
 pub use settings::Settings;
 pub use tokio_util::sync::CancellationToken;
 
+/// The argument that makes a service binary provision instead of serve:
+/// `payment-processor provision` creates or updates its streams, buckets
+/// and consumers (connect as `admin`), then exits.
+pub const PROVISION_ARG: &str = "provision";
+
 /// Runs a service binary: loads settings, starts telemetry, installs the
-/// signal handler, then calls `run`.
+/// signal handler, then calls `run`. `<binary> provision` runs it with
+/// `jetstream.assets = provision` (see [`settings::AssetMode`]); any other
+/// argument is refused.
 pub async fn main<F, Fut>(service: &'static str, run: F) -> anyhow::Result<()>
 where
     F: FnOnce(Settings, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let settings = Settings::load()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut settings = Settings::load()?;
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => {}
+        [PROVISION_ARG] => settings.jetstream.assets = settings::AssetMode::Provision,
+        other => anyhow::bail!(
+            "{service}: unknown arguments {other:?}; usage: {service} [{PROVISION_ARG}] \
+             (settings come from SWITCHYARD__... variables and SWITCHYARD_CONFIG; see the README)"
+        ),
+    }
     telemetry::init_for(&settings.log, Some(service));
     let shutdown = shutdown::on_signal();
     tracing::info!(service, version = env!("CARGO_PKG_VERSION"), urls = ?settings.nats.urls, "starting");

@@ -10,6 +10,7 @@
 //! read is dropped if a pushed change arrived while it was in flight (the
 //! push is at least as new).
 
+use crate::settings::AssetMode;
 use async_nats::Client;
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt as _;
@@ -24,8 +25,13 @@ pub fn flag_subject() -> String {
     protocol::subjects::kv_key(buckets::CONFIG, keys::SITE_MAINTENANCE)
 }
 
-/// Opens bucket `config`, creating it (with `replicas`) when missing.
-pub async fn config_bucket(js: &jetstream::Context, replicas: usize) -> anyhow::Result<kv::Store> {
+/// Opens bucket `config`, creating it (with `replicas`) when missing and
+/// `mode` creates.
+pub async fn config_bucket(
+    js: &jetstream::Context,
+    replicas: usize,
+    mode: AssetMode,
+) -> anyhow::Result<kv::Store> {
     crate::js::ensure_kv(
         js,
         kv::Config {
@@ -36,13 +42,14 @@ pub async fn config_bucket(js: &jetstream::Context, replicas: usize) -> anyhow::
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
         },
+        mode,
     )
     .await
 }
 
 /// Turns maintenance mode on or off for the whole site.
 pub async fn set(js: &jetstream::Context, replicas: usize, on: bool) -> anyhow::Result<()> {
-    let store = config_bucket(js, replicas).await?;
+    let store = config_bucket(js, replicas, AssetMode::Create).await?;
     let value = if on { "true" } else { "false" };
     crate::js::retry(
         "writing the maintenance flag",
@@ -59,6 +66,7 @@ pub fn watch(
     client: Client,
     js: jetstream::Context,
     replicas: usize,
+    mode: AssetMode,
     reconnects: watch::Receiver<u64>,
     stop: CancellationToken,
 ) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
@@ -66,7 +74,7 @@ pub fn watch(
     let task = tokio::spawn(async move {
         tokio::select! {
             _ = stop.cancelled() => {}
-            () = follow(client, js, replicas, tx, reconnects) => {}
+            () = follow(client, js, replicas, mode, tx, reconnects) => {}
         }
     });
     (rx, task)
@@ -78,6 +86,7 @@ async fn follow(
     client: Client,
     mut js: jetstream::Context,
     replicas: usize,
+    mode: AssetMode,
     tx: watch::Sender<bool>,
     mut reconnects: watch::Receiver<u64>,
 ) {
@@ -105,7 +114,7 @@ async fn follow(
     };
     let mut pushed = 0u64;
     let mut read: Option<(u64, Read)> =
-        Some((pushed, Box::pin(read_current(js.clone(), replicas))));
+        Some((pushed, Box::pin(read_current(js.clone(), replicas, mode))));
     reconnects.borrow_and_update();
     loop {
         let read_done = async {
@@ -137,19 +146,19 @@ async fn follow(
                     return;
                 }
                 tracing::debug!("reconnected: reading the maintenance flag again");
-                read = Some((pushed, Box::pin(read_current(js.clone(), replicas))));
+                read = Some((pushed, Box::pin(read_current(js.clone(), replicas, mode))));
             }
         }
     }
 }
 
 /// The flag's current value, retried until it can be read.
-async fn read_current(js: jetstream::Context, replicas: usize) -> bool {
+async fn read_current(js: jetstream::Context, replicas: usize, mode: AssetMode) -> bool {
     let mut delay = Duration::from_millis(100);
     loop {
         let attempt =
             async {
-                let store = config_bucket(&js, replicas).await?;
+                let store = config_bucket(&js, replicas, mode).await?;
                 let entry = store.entry(keys::SITE_MAINTENANCE).await?;
                 anyhow::Ok(entry.is_some_and(|e| {
                     e.operation == kv::Operation::Put && maintenance_flag(&e.value)

@@ -184,11 +184,44 @@ impl ServiceSettings {
 pub struct JetStreamSettings {
     /// Replicas of every stream and bucket; 1 is used against a lone server.
     pub replicas: usize,
+    /// What a service does with its streams, buckets and consumers at start.
+    pub assets: AssetMode,
 }
 
 impl Default for JetStreamSettings {
     fn default() -> Self {
-        Self { replicas: 3 }
+        Self {
+            replicas: 3,
+            assets: AssetMode::default(),
+        }
+    }
+}
+
+/// What a service does with its streams, buckets and durable consumers at
+/// start (`jetstream.assets`). A user allowed to create or update streams
+/// can aim a stream's `sources`, `mirror` or `republish` (or a push
+/// consumer's deliver subject) at anything in the account: nats-server
+/// checks no permission there. So in the locked-down deployments only
+/// `admin` creates assets (`<binary> provision`), and services `expect`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssetMode {
+    /// Create what is missing and update what the service owns (any NATS
+    /// without accounts: local development, tests).
+    #[default]
+    Create,
+    /// Use them as provisioned: never create or change one; wait (and say
+    /// what to run) while one is missing. The locked-down deployments.
+    Expect,
+    /// Create and update them, then exit without serving: what
+    /// `<binary> provision` runs, as `admin`.
+    Provision,
+}
+
+impl AssetMode {
+    /// Whether this mode creates and updates assets.
+    pub fn creates(self) -> bool {
+        matches!(self, AssetMode::Create | AssetMode::Provision)
     }
 }
 

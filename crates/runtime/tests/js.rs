@@ -44,11 +44,14 @@ async fn an_ensured_r3_stream_takes_the_first_publish_from_every_node() {
         ..Default::default()
     };
     // Three instances starting at once, one per node.
-    futures::future::try_join_all(
-        nodes
-            .iter()
-            .map(|js| ensure_stream(js, config.clone(), true)),
-    )
+    futures::future::try_join_all(nodes.iter().map(|js| {
+        ensure_stream(
+            js,
+            config.clone(),
+            true,
+            runtime::settings::AssetMode::Create,
+        )
+    }))
     .await
     .unwrap();
     assert_eq!(
@@ -78,10 +81,13 @@ async fn an_ensured_r3_bucket_takes_the_first_put_from_every_node() {
         history: 5,
         ..Default::default()
     };
-    let stores =
-        futures::future::try_join_all(nodes.iter().map(|js| ensure_kv(js, config.clone())))
-            .await
-            .unwrap();
+    let stores = futures::future::try_join_all(
+        nodes
+            .iter()
+            .map(|js| ensure_kv(js, config.clone(), runtime::settings::AssetMode::Create)),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         state(&nodes[0], "KV_usable_r3").await,
         (0, 0),
@@ -116,9 +122,14 @@ async fn a_work_queue_never_sees_a_probe() {
         num_replicas: 3,
         ..Default::default()
     };
-    let stream = ensure_stream(&nodes[0], config.clone(), false)
-        .await
-        .unwrap();
+    let stream = ensure_stream(
+        &nodes[0],
+        config.clone(),
+        false,
+        runtime::settings::AssetMode::Create,
+    )
+    .await
+    .unwrap();
     let worker = stream
         .create_consumer(consumer::pull::Config {
             durable_name: Some("usable_wq_worker".into()),
@@ -130,7 +141,14 @@ async fn a_work_queue_never_sees_a_probe() {
     // More instances come up, each probing from its own node, with the
     // worker already there to take whatever gets stored.
     for js in &nodes[1..] {
-        ensure_stream(js, config.clone(), true).await.unwrap();
+        ensure_stream(
+            js,
+            config.clone(),
+            true,
+            runtime::settings::AssetMode::Create,
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(
         state(&nodes[0], "USABLE_WQ").await,
@@ -200,6 +218,7 @@ async fn waiting_on_a_stream_that_is_not_there_says_so() {
             ..Default::default()
         },
         false,
+        runtime::settings::AssetMode::Create,
     )
     .await
     .unwrap();
@@ -212,6 +231,7 @@ async fn waiting_on_a_stream_that_is_not_there_says_so() {
             ..Default::default()
         },
         false,
+        runtime::settings::AssetMode::Create,
     )
     .await
     .unwrap();
@@ -279,6 +299,7 @@ async fn a_user_not_permitted_to_publish_on_the_stream_still_gets_it() {
             bucket: "readonly".into(),
             ..Default::default()
         },
+        runtime::settings::AssetMode::Create,
     )
     .await;
     let _ = child.kill();

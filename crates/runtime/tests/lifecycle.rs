@@ -51,6 +51,7 @@ async fn work_queue_with(
             ..Default::default()
         },
         false,
+        runtime::settings::AssetMode::Create,
     )
     .await
     .unwrap();

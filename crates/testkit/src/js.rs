@@ -17,6 +17,7 @@ pub async fn r3_kv(js: &jetstream::Context, bucket: &str) -> anyhow::Result<kv::
             num_replicas: 3,
             ..Default::default()
         },
+        runtime::settings::AssetMode::Create,
     )
     .await
 }

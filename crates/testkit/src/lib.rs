@@ -27,7 +27,8 @@ pub use cluster::{Cluster, ClusterOptions, TESTKIT_USER, nats_server_bin, node_u
 pub use process::spawn_tied;
 pub mod smtp;
 pub use service::{
-    TAG_KEY, TestProcess, TestService, eventually, instances, spawn_process, spawn_service,
+    TAG_KEY, TestProcess, TestService, eventually, instances, provision, spawn_process,
+    spawn_service,
 };
 
 use tokio::sync::OnceCell;

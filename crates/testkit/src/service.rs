@@ -167,6 +167,40 @@ where
     }
 }
 
+/// How long provisioning one service may take.
+const PROVISION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Provisions one service's streams, buckets and consumers the way
+/// `<binary> provision` does: runs `run` with `jetstream.assets =
+/// provision` as [`protocol::accounts::ADMIN`] (on a cluster with
+/// accounts; without, as no one) and waits for it to return. Panics if it
+/// fails or takes longer than a minute.
+#[allow(clippy::panic, reason = "a test harness fails the test by panicking")]
+pub async fn provision<F, Fut>(run: F, cluster: &Cluster, overrides: &[(&str, Value)])
+where
+    F: FnOnce(Settings, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut all = vec![
+        ("nats.urls".to_owned(), Value::from(cluster.urls())),
+        ("jetstream.assets".to_owned(), Value::from("provision")),
+    ];
+    if let Ok(password) = cluster.password(protocol::accounts::ADMIN) {
+        all.push((
+            "nats.user".to_owned(),
+            Value::from(protocol::accounts::ADMIN),
+        ));
+        all.push(("nats.password".to_owned(), Value::from(password)));
+    }
+    all.extend(overrides.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    let settings = Settings::load_with(all).unwrap_or_else(|e| panic!("test settings: {e:#}"));
+    match tokio::time::timeout(PROVISION_TIMEOUT, run(settings, CancellationToken::new())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => panic!("provisioning failed: {err:#}"),
+        Err(_) => panic!("provisioning took longer than {PROVISION_TIMEOUT:?}"),
+    }
+}
+
 impl TestService {
     /// The service name it answers `$SRV.PING` with.
     pub fn name(&self) -> &str {

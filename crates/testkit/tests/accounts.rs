@@ -50,11 +50,10 @@ async fn each_user_reads_only_its_own_inboxes_and_still_gets_its_replies() {
         assert!(own.is_empty(), "{}: own inbox refused: {own:?}", user.name);
     }
 
-    // 2. A JetStream pull by a service user: deliveries to its own prefix.
-    let watched = connect_watched(&cluster, "payments").await.unwrap();
-    let payments = watched.client.clone();
-    let js = jetstream::new(payments.clone());
-    let stream = js
+    // 2. A JetStream pull by a service user from what admin provisioned:
+    // deliveries to its own prefix.
+    let admin = jetstream::new(cluster.client_as(accounts::ADMIN).await.unwrap());
+    let provisioned = admin
         .create_stream(jetstream::stream::Config {
             name: streams::PAYMENTS.into(),
             subjects: vec![subjects::PAYMENT_PROCESS.into()],
@@ -63,16 +62,24 @@ async fn each_user_reads_only_its_own_inboxes_and_still_gets_its_replies() {
         })
         .await
         .unwrap();
+    provisioned
+        .create_consumer(pull::Config {
+            durable_name: Some(consumers::PAYMENT_PROCESSOR.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let watched = connect_watched(&cluster, "payments").await.unwrap();
+    let payments = watched.client.clone();
+    let js = jetstream::new(payments.clone());
     js.publish(subjects::PAYMENT_PROCESS, r#"{"test":1}"#.into())
         .await
         .unwrap()
         .await
         .unwrap();
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(consumers::PAYMENT_PROCESSOR.into()),
-            ..Default::default()
-        })
+    let stream = js.get_stream(streams::PAYMENTS).await.unwrap();
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .get_consumer(consumers::PAYMENT_PROCESSOR)
         .await
         .unwrap();
     let mut batch = consumer
@@ -102,6 +109,7 @@ async fn each_user_reads_only_its_own_inboxes_and_still_gets_its_replies() {
                 Value::from(cluster.password("math").unwrap()),
             ),
             ("jetstream.replicas", Value::from(3)),
+            ("jetstream.assets", Value::from("expect")),
         ],
     )
     .await;

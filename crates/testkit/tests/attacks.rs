@@ -1,16 +1,19 @@
 //! The attack suite on one local cluster with the deployments' accounts
 //! (`protocol::accounts`), documented row by row in `docs/SECURITY.md`.
 //!
-//! 1. Every service starts as its own NATS user (its streams, buckets and
-//!    consumers are created under the narrowed rights) and one happy-path
-//!    call per service works as `client`.
+//! 1. `admin` provisions every service's streams, buckets and consumers
+//!    (the registry, started first, waits for it); then every service runs
+//!    as its own NATS user with `jetstream.assets = expect`, and one
+//!    happy-path call per service works as `client`.
 //! 2. Each service user tries what it must not do; every row waits for the
 //!    server's permission violation for exactly that subject (a row fails
 //!    if the server lets it through), and the same connection then makes a
 //!    permitted JetStream call that is answered without a violation.
-//! 3. `client` forges `events.payment.completed` through a reply subject:
+//! 3. `client` is refused administration (delete, purge, create, KV writes,
+//!    dead letters, replays) and forgeries.
+//! 4. `client` forges `events.payment.completed` through a reply subject:
 //!    math refuses to answer a non-inbox, nothing reaches the subject.
-//! 4. No credentials and a wrong password are refused at connect.
+//! 5. No credentials and a wrong password are refused at connect.
 //!
 //! Rows print `ATTACK <row> <user> refused` for the report.
 
@@ -54,25 +57,78 @@ fn as_user(cluster: &Cluster, user: &str) -> Vec<(&'static str, Value)> {
             Value::from(cluster.password(user).unwrap()),
         ),
         ("jetstream.replicas", Value::from(3)),
+        // As deployed: the assets are provisioned by admin, not by services.
+        ("jetstream.assets", Value::from("expect")),
     ]
+}
+
+/// Provisions every service's streams, buckets and consumers as `admin`
+/// (what `switchyard provision` runs), while nothing serves yet.
+async fn provision_all(cluster: &Cluster, dir: &std::path::Path, gateway: Arc<Simulator>) {
+    let started = Instant::now();
+    let r3 = [("jetstream.replicas", Value::from(3))];
+    testkit::provision(registry::run, cluster, &r3).await;
+    testkit::provision(math_service::run, cluster, &r3).await;
+    testkit::provision(
+        |s, t| payment_processor::run_with_gateway(s, t, gateway),
+        cluster,
+        &r3,
+    )
+    .await;
+    let outbox = dir.join("provision-outbox");
+    let mut email = r3.to_vec();
+    email.push(("email.outbox_dir", Value::from(outbox.to_str().unwrap())));
+    testkit::provision(email_notifier::run, cluster, &email).await;
+    let store = dir.join("provision-logs");
+    let mut logs = r3.to_vec();
+    logs.push(("logs.log_dir", Value::from(store.to_str().unwrap())));
+    testkit::provision(log_worker::run, cluster, &logs).await;
+    testkit::provision(stock_ticker::run, cluster, &r3).await;
+    println!("provisioned as admin in {:?}", started.elapsed());
+}
+
+fn gateway() -> Arc<Simulator> {
+    Arc::new(
+        Simulator::new(&SimulatorSettings {
+            ledger_file: None,
+            ..Default::default()
+        })
+        .unwrap(),
+    )
 }
 
 fn user_of(service: &str) -> &'static str {
     manifest::of(service).unwrap().user
 }
 
-/// Starts the six services, each as its own user.
+/// Starts the six services, each as its own user. The registry starts
+/// before anything is provisioned: it waits for its bucket (answering
+/// nothing), and serves once `admin` provisioned every service.
 async fn start_services(cluster: &Cluster, dir: &std::path::Path) -> Vec<TestService> {
     let mut out = Vec::new();
     let started = Instant::now();
-    out.push(
-        testkit::spawn_service(
-            registry::run,
-            cluster,
-            &as_user(cluster, user_of(services::REGISTRY)),
-        )
-        .await,
+    let registry_settings = as_user(cluster, user_of(services::REGISTRY));
+    let (registry, ()) = tokio::join!(
+        testkit::spawn_service(registry::run, cluster, &registry_settings),
+        async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let observer = cluster.client().await.unwrap();
+            assert!(
+                testkit::instances(&observer, services::REGISTRY)
+                    .await
+                    .is_empty(),
+                "the registry served before its bucket was provisioned"
+            );
+            let admin = jetstream::new(observer);
+            assert!(admin.get_key_value(buckets::REGISTRY).await.is_err());
+            provision_all(cluster, dir, gateway()).await;
+        }
     );
+    println!(
+        "the registry waited for provisioning, then served ({:?})",
+        started.elapsed()
+    );
+    out.push(registry);
     out.push(
         testkit::spawn_service(
             math_service::run,
@@ -81,13 +137,7 @@ async fn start_services(cluster: &Cluster, dir: &std::path::Path) -> Vec<TestSer
         )
         .await,
     );
-    let gateway = Arc::new(
-        Simulator::new(&SimulatorSettings {
-            ledger_file: None,
-            ..Default::default()
-        })
-        .unwrap(),
-    );
+    let gateway = gateway();
     out.push(
         testkit::spawn_service(
             |s, t| payment_processor::run_with_gateway(s, t, gateway),
@@ -336,6 +386,30 @@ async fn attacks_as(cluster: &Cluster, user: &accounts::User, all: &[accounts::U
     }
     row("purge/delete/update shared");
 
+    // Creating assets: a stream that sources PAYMENTS or republishes onto
+    // another service's subjects, a consumer on PAYMENTS with a deliver
+    // subject of its choosing, or changing a stream it uses (adding a
+    // republish). nats-server checks no permission on sources, mirror,
+    // republish or deliver subjects, so the verbs themselves are refused.
+    let mut creates = vec![
+        "$JS.API.STREAM.CREATE.STEAL".to_owned(),
+        format!("$JS.API.CONSUMER.CREATE.{}", streams::PAYMENTS),
+        format!("$JS.API.CONSUMER.CREATE.{}.steal.>", streams::PAYMENTS),
+        format!(
+            "$JS.API.CONSUMER.DURABLE.CREATE.{}.steal",
+            streams::PAYMENTS
+        ),
+    ];
+    if let Some(used) = own.streams.first() {
+        creates.push(format!("$JS.API.STREAM.UPDATE.{}", used.stream));
+        creates.push(format!("$JS.API.STREAM.CREATE.{}", used.stream));
+    }
+    for subject in &creates {
+        w.publish_refused(subject).await;
+        rows += 1;
+    }
+    row("create/update streams, consumers");
+
     // Positive control on the same connection: a permitted JetStream call
     // is answered and produces no violation.
     let before = w.errors().len();
@@ -421,6 +495,52 @@ async fn forged_reply(cluster: &Cluster) {
     );
 }
 
+/// What `client` (every app, the Python client, the CLI's everyday
+/// commands) must be refused: administration, others' data, forgeries.
+async fn client_attacks(cluster: &Cluster) {
+    let w = connect_watched(cluster, accounts::CLIENT).await.unwrap();
+    let rows = [
+        format!("$JS.API.STREAM.DELETE.{}", streams::PAYMENTS),
+        format!("$JS.API.STREAM.PURGE.{}", streams::EVENTS),
+        format!("$JS.API.STREAM.CREATE.{}", streams::PAYMENTS),
+        format!("$JS.API.STREAM.UPDATE.{}", streams::PAYMENTS),
+        format!("$JS.API.STREAM.MSG.DELETE.{}", streams::PAYMENTS),
+        format!("$JS.API.STREAM.MSG.GET.{}", streams::PAYMENTS_DLQ),
+        format!("$JS.API.DIRECT.GET.{}", streams::PAYMENTS),
+        format!("$JS.API.CONSUMER.CREATE.{}", streams::PAYMENTS),
+        format!(
+            "$JS.API.CONSUMER.DELETE.{}.{}",
+            streams::PAYMENTS,
+            consumers::PAYMENT_PROCESSOR
+        ),
+        format!(
+            "$JS.ACK.{}.{}.1.1.1.0.0",
+            streams::PAYMENTS,
+            consumers::PAYMENT_PROCESSOR
+        ),
+        subjects::kv_key(buckets::PAYMENTS, "atk-pay-1"),
+        subjects::kv_key(buckets::CONFIG, protocol::names::keys::SITE_MAINTENANCE),
+        subjects::PAYMENT_REPLAY.to_owned(),
+        subjects::EVENT_PAYMENT_COMPLETED.to_owned(),
+        protocol::email::subjects::OUTBOX.to_owned(),
+    ];
+    for subject in &rows {
+        w.publish_refused(subject).await;
+        println!("ATTACK client pub {subject:<44} refused");
+    }
+    w.subscribe_refused(subjects::INBOX_ALL).await;
+    println!("ATTACK client sub _INBOX.>                       refused");
+    // Positive control: state is readable, and nothing else was refused.
+    let before = w.errors().len();
+    let js = jetstream::new(w.client.clone());
+    let info = js.get_stream(streams::PAYMENTS).await.unwrap();
+    assert_eq!(info.cached_info().config.name, streams::PAYMENTS);
+    w.client.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(w.errors().len(), before, "{:?}", w.errors());
+    assert_eq!(before, rows.len() + 1, "{:#?}", w.errors());
+}
+
 /// No credentials, or a wrong password: the connection is refused.
 async fn bad_credentials(cluster: &Cluster) {
     let anonymous = async_nats::ConnectOptions::new()
@@ -460,6 +580,7 @@ async fn service_users_are_refused_everything_outside_their_manifest() {
     for user in &all {
         attacks_as(&cluster, user, &all).await;
     }
+    client_attacks(&cluster).await;
     forged_reply(&cluster).await;
     bad_credentials(&cluster).await;
 

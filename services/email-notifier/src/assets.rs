@@ -5,7 +5,8 @@ use crate::EmailSettings;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use protocol::email;
 use protocol::names::{buckets, consumers, streams};
-use runtime::js::{ensure_kv, ensure_stream, retry};
+use runtime::js::{ensure_consumer, ensure_kv, ensure_stream};
+use runtime::settings::AssetMode;
 use std::time::Duration;
 
 /// The consumers of `email.outbox` (the sender) and of completed payments
@@ -19,6 +20,7 @@ pub(crate) struct Assets {
 pub(crate) async fn ensure(
     js: &jetstream::Context,
     replicas: usize,
+    mode: AssetMode,
     settings: &EmailSettings,
 ) -> anyhow::Result<Assets> {
     let window = Duration::from_secs(settings.idempotency_window_s.max(120));
@@ -39,12 +41,14 @@ pub(crate) async fn ensure(
             ..Default::default()
         },
         true,
+        mode,
     )
     .await?;
     let events = ensure_stream(
         js,
         runtime::js::events_stream_config(replicas, Duration::from_secs(120)),
         false,
+        mode,
     )
     .await?;
     // One entry per mail, written once right after the relay accepted it.
@@ -60,6 +64,7 @@ pub(crate) async fn ensure(
             storage: stream::StorageType::File,
             ..Default::default()
         },
+        mode,
     )
     .await?;
     // Both consumers: a fixed ack wait, no server-side backoff list (a
@@ -76,12 +81,7 @@ pub(crate) async fn ensure(
         backoff: Vec::new(),
         ..Default::default()
     };
-    let outbox = retry(
-        "creating the email-sender consumer",
-        Duration::from_secs(30),
-        || emails.create_consumer(sender.clone()),
-    )
-    .await?;
+    let outbox = ensure_consumer(&emails, sender.clone(), mode).await?;
     let receipts = consumer::pull::Config {
         durable_name: Some(consumers::EMAIL_RECEIPTS.into()),
         description: Some("Receipts for completed payments".into()),
@@ -92,12 +92,7 @@ pub(crate) async fn ensure(
         backoff: Vec::new(),
         ..Default::default()
     };
-    let receipts = retry(
-        "creating the email-receipts consumer",
-        Duration::from_secs(30),
-        || events.create_consumer(receipts.clone()),
-    )
-    .await?;
+    let receipts = ensure_consumer(&events, receipts.clone(), mode).await?;
     for consumer in [&outbox, &receipts] {
         check_fixed_ack_wait(&consumer.cached_info().config, settings.ack_wait())?;
     }

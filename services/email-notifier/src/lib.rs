@@ -101,7 +101,7 @@ pub async fn run_with_transport(
         );
     }
     let app = App::connect(services::EMAIL_NOTIFIER, settings, shutdown).await?;
-    let assets = assets::ensure(&app.jetstream, app.replicas(), &email).await?;
+    let assets = assets::ensure(&app.jetstream, app.replicas(), app.assets(), &email).await?;
     let concurrency = email.concurrency;
     let state = Arc::new(Notifier {
         js: app.jetstream.clone(),

@@ -5,7 +5,8 @@ use crate::LogStoreSettings;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use protocol::names::{buckets, consumers, streams};
 use protocol::subjects;
-use runtime::js::{ensure_kv, ensure_stream, retry};
+use runtime::js::{ensure_consumer, ensure_kv, ensure_stream};
+use runtime::settings::AssetMode;
 use std::time::Duration;
 
 pub(crate) struct Assets {
@@ -17,6 +18,7 @@ pub(crate) struct Assets {
 pub(crate) async fn ensure(
     js: &jetstream::Context,
     replicas: usize,
+    mode: AssetMode,
     settings: &LogStoreSettings,
 ) -> anyhow::Result<Assets> {
     let stream = ensure_stream(
@@ -34,6 +36,7 @@ pub(crate) async fn ensure(
             ..Default::default()
         },
         true,
+        mode,
     )
     .await?;
     ensure_stream(
@@ -51,6 +54,7 @@ pub(crate) async fn ensure(
             ..Default::default()
         },
         true,
+        mode,
     )
     .await?;
     // A fixed ack wait and no server backoff list: redelivery happens on
@@ -65,12 +69,7 @@ pub(crate) async fn ensure(
         max_ack_pending: 50_000,
         ..Default::default()
     };
-    let consumer = retry(
-        "creating the log-workers consumer",
-        Duration::from_secs(30),
-        || stream.create_consumer(config.clone()),
-    )
-    .await?;
+    let consumer = ensure_consumer(&stream, config.clone(), mode).await?;
     let kv = ensure_kv(
         js,
         kv::Config {
@@ -81,6 +80,7 @@ pub(crate) async fn ensure(
             storage: stream::StorageType::File,
             ..Default::default()
         },
+        mode,
     )
     .await?;
     Ok(Assets {

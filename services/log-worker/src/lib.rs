@@ -75,7 +75,7 @@ pub async fn run_with(
     let files = files::Files::new(logs.log_dir.clone(), limits)
         .map_err(|e| anyhow::anyhow!("cannot use logs.log_dir {}: {e}", logs.log_dir.display()))?;
     let app = App::connect(services::LOG_WORKER, settings, shutdown).await?;
-    let assets = assets::ensure(&app.jetstream, app.replicas(), &logs).await?;
+    let assets = assets::ensure(&app.jetstream, app.replicas(), app.assets(), &logs).await?;
     let state = Arc::new(LogWorker {
         files: Arc::new(Mutex::new(files)),
         stats: stats::Stats::new(assets.kv),

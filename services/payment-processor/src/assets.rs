@@ -5,7 +5,8 @@ use crate::PaymentSettings;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use protocol::names::{buckets, consumers, streams};
 use protocol::subjects;
-use runtime::js::{ensure_kv, ensure_stream, retry};
+use runtime::js::{ensure_consumer, ensure_kv, ensure_stream};
+use runtime::settings::AssetMode;
 use std::time::Duration;
 
 pub(crate) struct Assets {
@@ -19,6 +20,7 @@ pub(crate) struct Assets {
 pub(crate) async fn ensure(
     js: &jetstream::Context,
     replicas: usize,
+    mode: AssetMode,
     settings: &PaymentSettings,
 ) -> anyhow::Result<Assets> {
     let window = Duration::from_secs(settings.duplicate_window_s.max(120));
@@ -35,6 +37,7 @@ pub(crate) async fn ensure(
             ..Default::default()
         },
         true,
+        mode,
     )
     .await?;
     ensure_stream(
@@ -50,6 +53,7 @@ pub(crate) async fn ensure(
             ..Default::default()
         },
         true,
+        mode,
     )
     .await?;
     // The server publishes a MAX_DELIVERIES advisory whether or not anyone
@@ -72,6 +76,7 @@ pub(crate) async fn ensure(
             ..Default::default()
         },
         true,
+        mode,
     )
     .await?;
     // Shared with other publishers of events: created if missing, not changed.
@@ -79,6 +84,7 @@ pub(crate) async fn ensure(
         js,
         runtime::js::events_stream_config(replicas, window),
         false,
+        mode,
     )
     .await?;
     let kv = ensure_kv(
@@ -91,6 +97,7 @@ pub(crate) async fn ensure(
             storage: stream::StorageType::File,
             ..Default::default()
         },
+        mode,
     )
     .await?;
     // A fixed ack wait and no server backoff list: redelivery happens only
@@ -105,12 +112,7 @@ pub(crate) async fn ensure(
         max_ack_pending: 10_000,
         ..Default::default()
     };
-    let consumer = retry(
-        "creating the payment-processor consumer",
-        Duration::from_secs(30),
-        || payments.create_consumer(config.clone()),
-    )
-    .await?;
+    let consumer = ensure_consumer(&payments, config.clone(), mode).await?;
     let config = consumer::pull::Config {
         durable_name: Some(consumers::PAYMENT_ADVISORIES.into()),
         description: Some("MAX_DELIVERIES advisories, shared by every payment-processor".into()),
@@ -118,12 +120,7 @@ pub(crate) async fn ensure(
         ack_wait: Duration::from_millis(settings.ack_wait_ms),
         ..Default::default()
     };
-    let advisories = retry(
-        "creating the payment-advisories consumer",
-        Duration::from_secs(30),
-        || advisories.create_consumer(config.clone()),
-    )
-    .await?;
+    let advisories = ensure_consumer(&advisories, config.clone(), mode).await?;
     Ok(Assets {
         payments,
         consumer,

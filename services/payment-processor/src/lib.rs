@@ -60,7 +60,7 @@ pub async fn run_with_gateway(
     let payments: PaymentSettings = settings.section("payments")?;
     payments.validate()?;
     let app = App::connect(services::PAYMENT_PROCESSOR, settings, shutdown).await?;
-    let assets = assets::ensure(&app.jetstream, app.replicas(), &payments).await?;
+    let assets = assets::ensure(&app.jetstream, app.replicas(), app.assets(), &payments).await?;
     let state = Arc::new(Processor::new(&app, &assets, gateway, payments)?);
     let concurrency = state.settings.concurrency;
     app.service(VERSION, DESCRIPTION)

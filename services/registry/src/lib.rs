@@ -38,7 +38,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         registry.remove_after_ttls >= 1,
         "registry.remove_after_ttls must be at least 1"
     );
+    // Provisioning serves nothing (and must not take the port of a
+    // registry that is running).
+    let provisioning = settings.jetstream.assets == runtime::settings::AssetMode::Provision;
     let metrics = match registry.metrics_addr.as_str() {
+        _ if provisioning => None,
         "" => None,
         addr => Some(
             tokio::net::TcpListener::bind(addr)
@@ -57,6 +61,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             storage: stream::StorageType::File,
             ..Default::default()
         },
+        app.assets(),
     )
     .await?;
     let state = Arc::new(Registry {

@@ -45,6 +45,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             ..Default::default()
         },
         true,
+        app.assets(),
     )
     .await?;
     let lease = runtime::js::ensure_kv(
@@ -58,6 +59,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             storage: stream::StorageType::File,
             ..Default::default()
         },
+        app.assets(),
     )
     .await?;
     let ticker = Arc::new(leader::Ticker {

@@ -232,6 +232,7 @@ pub(crate) async fn payments(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
             ..Default::default()
         },
         false,
+        runtime::settings::AssetMode::Create,
     )
     .await?;
     runtime::js::ensure_stream(
@@ -243,6 +244,7 @@ pub(crate) async fn payments(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
             ..Default::default()
         },
         false,
+        runtime::settings::AssetMode::Create,
     )
     .await?;
     runtime::js::ensure_kv(
@@ -252,6 +254,7 @@ pub(crate) async fn payments(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
             num_replicas: 3.min(env.urls.len()),
             ..Default::default()
         },
+        runtime::settings::AssetMode::Create,
     )
     .await?;
     stream
@@ -346,7 +349,13 @@ pub(crate) async fn logs(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
         num_replicas: replicas,
         ..Default::default()
     };
-    runtime::js::ensure_stream(&js, config(streams::LOGS, subjects::LOGS_ALL), false).await?;
+    runtime::js::ensure_stream(
+        &js,
+        config(streams::LOGS, subjects::LOGS_ALL),
+        false,
+        runtime::settings::AssetMode::Create,
+    )
+    .await?;
     let level = "info";
     let record = |i: usize| {
         Bytes::from(format!(
@@ -374,6 +383,7 @@ pub(crate) async fn logs(env: &mut Env) -> anyhow::Result<Vec<Metric>> {
         &js,
         config(names::LOGS_STREAM, &names::all(names::LOGS_PREFIX)),
         false,
+        runtime::settings::AssetMode::Create,
     )
     .await?;
     stream
