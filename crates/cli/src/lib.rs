@@ -58,6 +58,9 @@ enum Command {
     Stocks(stocks::StocksArgs),
     /// List the running services from `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS`.
     Status(status::StatusArgs),
+    /// Create or update every service's streams, buckets and consumers, as
+    /// admin (each service binary with `provision`).
+    Provision(up::ProvisionArgs),
     /// Turn site-wide maintenance mode on or off, or show it.
     Maintenance {
         #[arg(value_enum)]
@@ -95,6 +98,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Pay(args) => pay::run(&cli.servers, cli.timeout, args).await,
         Command::Stocks(args) => stocks::run(&cli.servers, cli.timeout, args).await,
         Command::Status(args) => status::run(&cli.servers, cli.timeout, args).await,
+        Command::Provision(args) => up::provision(&cli.servers, args).await,
         Command::Maintenance { state } => maintenance(&cli.servers, state).await,
         Command::Schemas(args) => schemas::run(args),
         Command::Accounts(args) => accounts::run(args),
@@ -112,26 +116,103 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// The NATS user a command needs in a locked-down deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Calls, payments, logs, reading state: `client`.
+    Client,
+    /// Operations (maintenance on/off, dead letters, replays,
+    /// provisioning): `admin`.
+    Admin,
+}
+
+impl Role {
+    fn user(self) -> &'static str {
+        match self {
+            Role::Client => protocol::accounts::CLIENT,
+            Role::Admin => protocol::accounts::ADMIN,
+        }
+    }
+
+    fn password_env(self) -> &'static str {
+        match self {
+            Role::Client => protocol::accounts::CLIENT_PASSWORD_ENV,
+            Role::Admin => protocol::accounts::ADMIN_PASSWORD_ENV,
+        }
+    }
+}
+
+/// Where the client commands look for passwords: `SWITCHYARD_SECRETS`,
+/// else `.env` in the current directory (what `switchyard secrets`,
+/// `switchyard up` and `just docker-up` write).
+pub(crate) const SECRETS_ENV: &str = "SWITCHYARD_SECRETS";
+
+fn secrets_file() -> std::path::PathBuf {
+    std::env::var_os(SECRETS_ENV)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| secrets::DEFAULT_FILE.into())
+}
+
 /// Settings for a client command, `--servers` winning over the layers.
 fn client_settings(servers: &[String]) -> anyhow::Result<Settings> {
-    let overrides = if servers.is_empty() {
-        vec![]
-    } else {
-        vec![(
-            "nats.urls",
-            runtime::settings::Value::from(servers.to_vec()),
-        )]
-    };
+    client_settings_as(servers, Role::Client)
+}
+
+/// Settings for a command that needs `role`. Credentials: an explicit
+/// `nats.user` (`SWITCHYARD__NATS__USER`, a config file) is used as it is,
+/// unless it is `client` and the command needs `admin` (a clear error);
+/// otherwise the role's password from the secrets file, if it has one;
+/// otherwise none (a cluster without accounts, `switchyard up --no-auth`).
+fn client_settings_as(servers: &[String], role: Role) -> anyhow::Result<Settings> {
+    use runtime::settings::Value;
+    let mut overrides = Vec::new();
+    if !servers.is_empty() {
+        overrides.push(("nats.urls", Value::from(servers.to_vec())));
+    }
+    let layered = Settings::load()?;
+    let explicit = layered.nats.user.as_deref().filter(|u| !u.is_empty());
+    if explicit.is_none() {
+        let file = secrets_file();
+        if let Some(secrets) = secrets::load(&file)?
+            && let Some(password) = secrets.get(role.password_env())
+        {
+            overrides.push(("nats.user", Value::from(role.user())));
+            overrides.push(("nats.password", Value::from(password.clone())));
+        }
+    } else if role == Role::Admin && explicit == Some(protocol::accounts::CLIENT) {
+        anyhow::bail!(
+            "this command needs the admin role, and SWITCHYARD__NATS__USER is `client`: \
+             unset it to use ADMIN_PASSWORD from {} ({SECRETS_ENV}), or set the admin user and password",
+            secrets_file().display()
+        );
+    }
     Settings::load_with(overrides)
 }
 
-/// Connects for a one-shot command, failing fast with a hint.
+/// Connects for a one-shot command as `client`, failing fast with a hint.
 async fn connect(servers: &[String]) -> anyhow::Result<(Settings, async_nats::Client)> {
-    let settings = client_settings(servers)?;
+    connect_as(servers, Role::Client).await
+}
+
+/// Connects for a one-shot command that needs `role`.
+async fn connect_as(
+    servers: &[String],
+    role: Role,
+) -> anyhow::Result<(Settings, async_nats::Client)> {
+    let settings = client_settings_as(servers, role)?;
     let token = runtime::CancellationToken::new();
     let connecting = runtime::nats::connect(&settings.nats, "switchyard-cli", &token);
     match tokio::time::timeout(Duration::from_secs(3), connecting).await {
         Ok(Ok(Some(conn))) => Ok((settings, conn.client)),
+        Ok(Err(err)) if format!("{err:#}").to_lowercase().contains("authorization") => Err(err
+            .context(format!(
+                "NATS refused the credentials (user {:?}): this command needs the {} role; \
+                 its password is {} in {} (`switchyard secrets` makes it)",
+                settings.nats.user,
+                role.user(),
+                role.password_env(),
+                secrets_file().display()
+            ))),
         Ok(Err(err)) => Err(err),
         Ok(Ok(None)) | Err(_) => anyhow::bail!(
             "cannot reach NATS at {}: is `just up` running? (or pass --servers)",
@@ -141,7 +222,12 @@ async fn connect(servers: &[String]) -> anyhow::Result<(Settings, async_nats::Cl
 }
 
 async fn maintenance(servers: &[String], state: Option<MaintenanceState>) -> anyhow::Result<()> {
-    let (settings, client) = connect(servers).await?;
+    let role = if state.is_some() {
+        Role::Admin
+    } else {
+        Role::Client
+    };
+    let (settings, client) = connect_as(servers, role).await?;
     let js = async_nats::jetstream::new(client.clone());
     let replicas = runtime::nats::effective_replicas(&client, settings.jetstream.replicas);
     if let Some(state) = state {

@@ -58,7 +58,12 @@ pub(crate) async fn run(
     timeout: Duration,
     args: PayArgs,
 ) -> anyhow::Result<()> {
-    let (_, client) = crate::connect(servers).await?;
+    // Dead letters and replays are operations: `admin`.
+    let role = match args.command {
+        Some(PayCommand::Dlq { .. } | PayCommand::Replay { .. }) => crate::Role::Admin,
+        _ => crate::Role::Client,
+    };
+    let (_, client) = crate::connect_as(servers, role).await?;
     match args.command {
         Some(PayCommand::Status { id }) => {
             let status: StatusReply = call(

@@ -121,7 +121,6 @@ pub(crate) fn ensure(file: &Path) -> anyhow::Result<(Secrets, Vec<String>)> {
 
 /// Reads the secrets without creating anything: `None` when `file` does
 /// not exist.
-#[allow(dead_code, reason = "the client commands read it next")]
 pub(crate) fn load(file: &Path) -> anyhow::Result<Option<Secrets>> {
     match std::fs::read_to_string(file) {
         Ok(text) => Ok(Some(parse(&text))),

@@ -47,11 +47,128 @@ pub(crate) struct UpArgs {
     /// Start only these services (default: every service binary found).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Run without accounts (anyone may do anything): for a quick demo
+    /// only. By default the cluster has the deployments' users, with the
+    /// passwords of --secrets, and services run as their own users.
+    #[arg(long)]
+    no_auth: bool,
+    /// The env file with the passwords (made on first use, like
+    /// `switchyard secrets`).
+    #[arg(long, default_value = crate::secrets::DEFAULT_FILE, env = crate::SECRETS_ENV)]
+    secrets: PathBuf,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ProvisionArgs {
+    /// Provision only these services (default: every service binary found).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+/// How long one service's provisioning may take.
+const PROVISION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The service binaries next to this one, `only` filtering by name.
+fn service_binaries(only: &[String]) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .context("cannot tell where the switchyard binary is")?;
+    if let Some(unknown) = only.iter().find(|o| !services::ALL.contains(&o.as_str())) {
+        anyhow::bail!(
+            "unknown service {unknown:?}; services are {}",
+            services::ALL.join(", ")
+        );
+    }
+    let found: Vec<(&'static str, PathBuf)> = services::ALL
+        .iter()
+        .filter(|name| only.is_empty() || only.iter().any(|o| o == *name))
+        .filter_map(|name| {
+            let path = bin_dir.join(services::binary(name)?);
+            path.is_file().then_some((*name, path))
+        })
+        .collect();
+    anyhow::ensure!(
+        !found.is_empty(),
+        "no service binaries next to {}: run `cargo build --workspace` (or `just up`)",
+        bin_dir.display()
+    );
+    Ok(found)
+}
+
+/// Runs `<binary> provision` for each service, one after the other, with
+/// `env` (the cluster's URLs and the admin user), each bounded by
+/// [`PROVISION_TIMEOUT`]; its output goes to `log` (or is inherited).
+async fn provision_services(
+    binaries: &[(&'static str, PathBuf)],
+    env: &[(String, String)],
+    log: Option<&Path>,
+) -> anyhow::Result<()> {
+    for (name, path) in binaries {
+        let started = Instant::now();
+        let mut command = tokio::process::Command::new(path);
+        command
+            .arg(runtime::PROVISION_ARG)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(log) = log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)?;
+            command.stdout(file.try_clone()?).stderr(file);
+        }
+        let status = tokio::time::timeout(PROVISION_TIMEOUT, command.status())
+            .await
+            .with_context(|| format!("provisioning {name} took longer than {PROVISION_TIMEOUT:?}"))?
+            .with_context(|| format!("starting {}", path.display()))?;
+        anyhow::ensure!(
+            status.success(),
+            "provisioning {name} failed ({status}){}",
+            log.map(|l| format!("; see {}", l.display()))
+                .unwrap_or_default()
+        );
+        tracing::info!(service = name, took = ?started.elapsed(), "provisioned");
+    }
+    Ok(())
+}
+
+/// `switchyard provision`: every service's streams, buckets and consumers,
+/// created or updated as `admin` (the client commands' credentials as
+/// [`crate::Role::Admin`]) by running each service binary with `provision`.
+pub(crate) async fn provision(servers: &[String], args: ProvisionArgs) -> anyhow::Result<()> {
+    let settings = crate::client_settings_as(servers, crate::Role::Admin)?;
+    let binaries = service_binaries(&args.only)?;
+    let mut env = vec![
+        (
+            "SWITCHYARD__NATS__URLS".to_owned(),
+            settings.nats.urls.join(","),
+        ),
+        ("SWITCHYARD__LOG__FORMAT".to_owned(), "compact".to_owned()),
+    ];
+    if let Some(user) = &settings.nats.user {
+        env.push(("SWITCHYARD__NATS__USER".to_owned(), user.clone()));
+    }
+    if let Some(password) = &settings.nats.password {
+        env.push(("SWITCHYARD__NATS__PASSWORD".to_owned(), password.clone()));
+    }
+    provision_services(&binaries, &env, None).await?;
+    crate::say(format_args!(
+        "provisioned {} as {}",
+        binaries
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", "),
+        settings.nats.user.as_deref().unwrap_or("no user")
+    ));
+    Ok(())
 }
 
 pub(crate) async fn nats_only(args: NatsArgs) -> anyhow::Result<()> {
     let shutdown = runtime::shutdown::on_signal();
-    let mut cluster = start_cluster(&args).await?;
+    let mut cluster = start_cluster(&args, None).await?;
     crate::say(format_args!(
         "switchyard nats ready: {} (monitoring http://127.0.0.1:{}) · Ctrl-C stops it",
         cluster.urls().join(","),
@@ -68,38 +185,26 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
         ..Default::default()
     });
     let shutdown = runtime::shutdown::on_signal();
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .map(Path::to_path_buf)
-        .context("cannot tell where the switchyard binary is")?;
-    let wanted: Vec<(&str, PathBuf)> = services::ALL
-        .iter()
-        .filter(|name| args.only.is_empty() || args.only.iter().any(|o| o == *name))
-        .filter_map(|name| {
-            let path = bin_dir.join(services::binary(name)?);
-            path.is_file().then_some((*name, path))
-        })
-        .collect();
-    if let Some(unknown) = args
-        .only
-        .iter()
-        .find(|o| !services::ALL.contains(&o.as_str()))
-    {
-        anyhow::bail!(
-            "unknown service {unknown:?}; services are {}",
-            services::ALL.join(", ")
-        );
-    }
-    anyhow::ensure!(
-        !wanted.is_empty(),
-        "no service binaries next to {}: run `cargo build --workspace` (or `just up`)",
-        bin_dir.display()
-    );
+    let wanted = service_binaries(&args.only)?;
+    // The deployments' users, passwords from --secrets (made if missing).
+    let secrets = if args.no_auth {
+        None
+    } else {
+        let (secrets, added) = crate::secrets::ensure(&args.secrets)?;
+        if !added.is_empty() {
+            crate::say(format_args!(
+                "generated {} passwords into {} (0600, git-ignored)",
+                added.len(),
+                args.secrets.display()
+            ));
+        }
+        Some(secrets)
+    };
 
     if wanted.iter().any(|(name, _)| *name == services::REGISTRY) {
         ensure_free(args.metrics_port)?;
     }
-    let mut cluster = start_cluster(&args.nats).await?;
+    let mut cluster = start_cluster(&args.nats, secrets.as_ref()).await?;
     let urls = cluster.urls();
     let logs = args.nats.dir.join("logs");
     let run_dir = args.nats.dir.join("run");
@@ -107,6 +212,38 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&run_dir)?;
     for (i, pid) in cluster.pids().into_iter().enumerate() {
         std::fs::write(run_dir.join(format!("nats-n{i}.pid")), format!("{pid}\n"))?;
+    }
+
+    // As deployed: admin provisions, services use what exists.
+    let password = |env: &str| -> anyhow::Result<String> {
+        secrets
+            .as_ref()
+            .and_then(|s| s.get(env).cloned())
+            .with_context(|| format!("{env} missing from {}", args.secrets.display()))
+    };
+    if secrets.is_some() {
+        let env = vec![
+            ("SWITCHYARD__NATS__URLS".to_owned(), urls.join(",")),
+            ("SWITCHYARD__LOG__FORMAT".to_owned(), "compact".to_owned()),
+            (
+                "SWITCHYARD__NATS__USER".to_owned(),
+                protocol::accounts::ADMIN.to_owned(),
+            ),
+            (
+                "SWITCHYARD__NATS__PASSWORD".to_owned(),
+                password(protocol::accounts::ADMIN_PASSWORD_ENV)?,
+            ),
+            ("NO_COLOR".to_owned(), "1".to_owned()),
+        ];
+        let log = logs.join("provision.log");
+        let provisioning = provision_services(&wanted, &env, Some(&log));
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                cluster.stop(Duration::from_secs(10)).await;
+                return Ok(());
+            }
+            done = provisioning => done?,
+        }
     }
 
     let stop = CancellationToken::new();
@@ -124,6 +261,14 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
                     format!("127.0.0.1:{}", args.metrics_port),
                 )
                 .env("NO_COLOR", "1");
+            if secrets.is_some()
+                && let Some(m) = protocol::manifest::of(name)
+            {
+                command
+                    .env("SWITCHYARD__NATS__USER", m.user)
+                    .env("SWITCHYARD__NATS__PASSWORD", password(m.password_env)?)
+                    .env("SWITCHYARD__JETSTREAM__ASSETS", "expect");
+            }
             // The services' own files live under --dir too (the defaults are
             // `.switchyard/outbox` and `.switchyard/logstore`), unless the
             // environment already says where.
@@ -135,25 +280,37 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
                     command.env(key, args.nats.dir.join(sub));
                 }
             }
-            tokio::spawn(supervise(
+            Ok(tokio::spawn(supervise(
                 (*name).to_owned(),
                 command,
                 logs.join(format!("{name}.log")),
                 run_dir.join(format!("{name}.pid")),
                 stop.clone(),
-            ))
+            )))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
 
     let names: BTreeSet<String> = wanted.iter().map(|(n, _)| (*n).to_owned()).collect();
+    let client_credentials = match &secrets {
+        Some(_) => Some((
+            protocol::accounts::CLIENT.to_owned(),
+            password(protocol::accounts::CLIENT_PASSWORD_ENV)?,
+        )),
+        None => None,
+    };
     tokio::select! {
         _ = shutdown.cancelled() => {}
-        ready = wait_ready(&urls, &names) => match ready {
+        ready = wait_ready(&urls, &names, client_credentials.clone()) => match ready {
             Ok(()) => crate::say(format_args!(
-                "switchyard ready: NATS {} (monitoring http://127.0.0.1:{}, metrics http://127.0.0.1:{}/metrics) · services: {} · logs: {} · try `switchyard math add 2 3` · Ctrl-C stops everything",
+                "switchyard ready: NATS {} (monitoring http://127.0.0.1:{}, metrics http://127.0.0.1:{}/metrics) · {} · services: {} · logs: {} · try `switchyard math add 2 3` · Ctrl-C stops everything",
                 urls.join(","),
                 args.nats.http_port,
                 args.metrics_port,
+                if secrets.is_some() {
+                    format!("users: client (apps, CLI) and admin (operations), passwords in {}", args.secrets.display())
+                } else {
+                    "NO AUTH (--no-auth)".to_owned()
+                },
                 names.iter().cloned().collect::<Vec<_>>().join(", "),
                 logs.display()
             )),
@@ -173,7 +330,10 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_cluster(args: &NatsArgs) -> anyhow::Result<Cluster> {
+async fn start_cluster(
+    args: &NatsArgs,
+    secrets: Option<&crate::secrets::Secrets>,
+) -> anyhow::Result<Cluster> {
     let ports = |base: u16| -> anyhow::Result<Vec<u16>> {
         (0..NODES)
             .map(|i| base.checked_add(i).context("port out of range"))
@@ -198,7 +358,8 @@ async fn start_cluster(args: &NatsArgs) -> anyhow::Result<Cluster> {
         dir: Some(std::path::absolute(&dir)?),
         ready_timeout: Duration::from_secs(30),
         sync_always: true,
-        accounts: false,
+        accounts: secrets.is_some(),
+        passwords: secrets.cloned().unwrap_or_default(),
     })
     .await
 }
@@ -214,8 +375,19 @@ fn ensure_free(port: u16) -> anyhow::Result<()> {
 }
 
 /// Waits until every named service answers `$SRV.PING`.
-async fn wait_ready(urls: &[String], names: &BTreeSet<String>) -> anyhow::Result<()> {
-    let client = async_nats::connect(urls.to_vec()).await?;
+async fn wait_ready(
+    urls: &[String],
+    names: &BTreeSet<String>,
+    credentials: Option<(String, String)>,
+) -> anyhow::Result<()> {
+    let options = match credentials {
+        Some((user, password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user.clone(), password)
+                .custom_inbox_prefix(protocol::subjects::inbox_prefix(&user))
+        }
+        None => async_nats::ConnectOptions::new(),
+    };
+    let client = options.connect(urls.to_vec()).await?;
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let pings: Vec<PingResponse> =

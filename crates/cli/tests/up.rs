@@ -1,6 +1,8 @@
-//! `switchyard up` as a user runs it: the built binary starts the cluster and
-//! every service binary, reports ready, serves `switchyard math add 2 3`,
-//! and on SIGTERM stops leaving no process behind.
+//! `switchyard up` as a user runs it: the built binary makes the passwords,
+//! starts the cluster with the deployments' users, provisions as admin,
+//! starts every service binary as its own user, reports ready, serves
+//! `switchyard math add 2 3` as `client`, takes `admin` for `maintenance
+//! on`, and on SIGTERM stops leaving no process behind.
 //!
 //! Needs the service binaries built next to `switchyard` (`cargo build
 //! --workspace`, which `just test` does first).
@@ -20,6 +22,23 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SWITCHYARD: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// The `switchyard` command with its passwords in `secrets` (where `up`
+/// writes them and every client command reads them).
+fn sy(secrets: &Path) -> Command {
+    let mut command = Command::new(SWITCHYARD);
+    command.env("SWITCHYARD_SECRETS", secrets);
+    command
+}
+
+/// `name`'s value in the env file `secrets`.
+fn password(secrets: &Path, name: &str) -> String {
+    std::fs::read_to_string(secrets)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_owned))
+        .unwrap_or_else(|| panic!("{name} missing from {}", secrets.display()))
+}
 
 /// A base port with `base..base+3` free in each of four ranges.
 fn free_bases() -> (u16, u16, u16, u16) {
@@ -100,8 +119,10 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
     );
     let dir = tempfile::tempdir().unwrap();
     let state: PathBuf = dir.path().join("state");
+    // `up` makes the passwords here; every command finds them here.
+    let secrets = dir.path().join(".env");
     let (port, cluster_port, http_port, metrics_port) = free_bases();
-    let mut up = Command::new(SWITCHYARD)
+    let mut up = sy(&secrets)
         .args(["up", "--dir"])
         .arg(&state)
         .args(["--port", &port.to_string()])
@@ -120,10 +141,18 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
             let _ = tx.send(line);
         }
     });
+    let generated = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("no first line from switchyard up"));
+    assert!(
+        generated.starts_with("generated 10 passwords into"),
+        "{generated}"
+    );
     let ready = rx
         .recv_timeout(Duration::from_secs(90))
         .unwrap_or_else(|_| panic!("no ready line from switchyard up"));
     assert!(ready.starts_with("switchyard ready"), "{ready}");
+    assert!(ready.contains("users: client"), "{ready}");
     assert!(
         ready.contains(&format!("nats://127.0.0.1:{port}")),
         "{ready}"
@@ -135,12 +164,12 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
         port + 1,
         port + 2
     );
-    let out = Command::new(SWITCHYARD)
+    let out = sy(&secrets)
         .args(["math", "add", "2", "3", "--servers", &servers])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5", "{out:?}");
-    let out = Command::new(SWITCHYARD)
+    let out = sy(&secrets)
         .args(["math", "divide", "1", "0", "--servers", &servers])
         .output()
         .unwrap();
@@ -149,7 +178,7 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
         String::from_utf8_lossy(&out.stderr).contains("division_by_zero"),
         "{out:?}"
     );
-    let out = Command::new(SWITCHYARD)
+    let out = sy(&secrets)
         .args(["status", "--servers", &servers])
         .output()
         .unwrap();
@@ -167,7 +196,12 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
     ) = tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(async {
-            let client = async_nats::connect(
+            let client = async_nats::ConnectOptions::with_user_and_password(
+                "client".into(),
+                password(&secrets, "CLIENT_PASSWORD"),
+            )
+            .custom_inbox_prefix("_INBOX_client")
+            .connect(
                 servers
                     .split(',')
                     .map(|url| url.parse::<async_nats::ServerAddr>())
@@ -220,7 +254,7 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
     }
 
     // The same ports again: a clear error naming the port.
-    let out = Command::new(SWITCHYARD)
+    let out = sy(&secrets)
         .args(["up", "--dir"])
         .arg(dir.path().join("other"))
         .args(["--port", &port.to_string()])
@@ -233,6 +267,51 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
     );
 
     // Supervision: a crashed service is started again and answers again.
+    // Roles: `maintenance on` needs admin, which the command takes from
+    // the secrets file; forced to `client`, it says so.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&secrets).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the secrets file is private");
+    let out = sy(&secrets)
+        .args(["maintenance", "on", "--servers", &servers])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "maintenance: on",
+        "{out:?}"
+    );
+    let out = sy(&secrets)
+        .args(["maintenance", "off", "--servers", &servers])
+        .env("SWITCHYARD__NATS__USER", "client")
+        .env(
+            "SWITCHYARD__NATS__PASSWORD",
+            password(&secrets, "CLIENT_PASSWORD"),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs the admin role"),
+        "{out:?}"
+    );
+    let out = sy(&secrets)
+        .args(["maintenance", "off", "--servers", &servers])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "maintenance: off",
+        "{out:?}"
+    );
+    // Without the secrets file there are no credentials: refused.
+    let out = Command::new(SWITCHYARD)
+        .args(["math", "add", "1", "1", "--servers", &servers])
+        .env("SWITCHYARD_SECRETS", dir.path().join("missing.env"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+
     let math_pid_file = state.join("run/math.pid");
     let first: i32 = std::fs::read_to_string(&math_pid_file)
         .unwrap()
@@ -251,7 +330,7 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
             .trim()
             .parse()
             .unwrap();
-        let out = Command::new(SWITCHYARD)
+        let out = sy(&secrets)
             .args([
                 "math",
                 "multiply",
@@ -288,7 +367,7 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
     .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = Command::new(SWITCHYARD)
+        let out = sy(&secrets)
             .args(["status", "--json", "--servers", &servers])
             .output()
             .unwrap();
@@ -317,7 +396,7 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
     }
 
     // A payment through the whole stack.
-    let out = Command::new(SWITCHYARD)
+    let out = sy(&secrets)
         .args([
             "pay",
             "user-1",

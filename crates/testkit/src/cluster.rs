@@ -76,6 +76,10 @@ pub struct ClusterOptions {
     /// cluster's own connections ([`Cluster::client`]) then use the
     /// testkit-only user [`TESTKIT_USER`], which may do anything.
     pub accounts: bool,
+    /// With [`Self::accounts`]: passwords by env name
+    /// (`protocol::accounts::password_envs`), e.g. from the `.env` that
+    /// `switchyard secrets` writes; a user missing here gets a random one.
+    pub passwords: std::collections::BTreeMap<String, String>,
 }
 
 /// The user of the testkit's own connections on a cluster started with
@@ -95,6 +99,7 @@ impl Default for ClusterOptions {
             ready_timeout: Duration::from_secs(30),
             sync_always: true,
             accounts: false,
+            passwords: Default::default(),
         }
     }
 }
@@ -111,7 +116,7 @@ struct Auth {
 }
 
 impl Auth {
-    fn generate() -> Auth {
+    fn generate(given: &std::collections::BTreeMap<String, String>) -> Auth {
         let mut users = protocol::accounts::all();
         users.push(protocol::accounts::User {
             name: TESTKIT_USER,
@@ -128,7 +133,10 @@ impl Auth {
             protocol::accounts::SYS_PASSWORD_ENV,
         )]);
         for (name, password_env) in named {
-            let password = nuid::next().to_string();
+            let password = given
+                .get(password_env)
+                .cloned()
+                .unwrap_or_else(|| nuid::next().to_string());
             passwords.push((name.to_owned(), password.clone()));
             env.push((password_env.to_owned(), password));
         }
@@ -221,7 +229,7 @@ impl Cluster {
             .iter()
             .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
             .collect();
-        let auth = opts.accounts.then(Auth::generate);
+        let auth = opts.accounts.then(|| Auth::generate(&opts.passwords));
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
             let store = dir.join(format!("n{i}"));
