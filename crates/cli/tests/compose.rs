@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 const CLIENT: (&str, &str) = ("client", "client-dev");
 const SYS: (&str, &str) = ("sys", "sys-dev");
 const MATH: (&str, &str) = ("math", "math-dev");
+const ADMIN: (&str, &str) = ("admin", "admin-dev");
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -843,7 +844,9 @@ async fn compose_stack_survives_node_loss_partitions_and_crashes() {
 
     // 6. Nothing acked was lost; each was charged once.
     wait_all_completed(&client, &acked, Duration::from_secs(120)).await;
-    let events = completed_events(&js).await;
+    // Reading EVENTS through a consumer is an admin's right.
+    let (admin, _) = connect(stack.urls(), ADMIN).await;
+    let events = completed_events(&async_nats::jetstream::new(admin)).await;
     for id in &acked {
         assert_eq!(events.get(id), Some(&1), "completed events of {id}");
     }
