@@ -97,7 +97,17 @@ def stack():
 async def sy(stack):
     from switchyard import Switchyard
 
-    client = await Switchyard.connect(servers=stack.servers)
+    # As an app: the `client` role, its password from the .env `switchyard up` made.
+    client = await Switchyard.connect(servers=stack.servers, secrets=stack.dir / ".env")
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def admin(stack):
+    from switchyard import Switchyard
+
+    client = await Switchyard.connect(servers=stack.servers, role="admin", secrets=stack.dir / ".env")
     yield client
     await client.close()
 

@@ -11,6 +11,7 @@ import pytest
 
 import switchyard
 from switchyard import (
+    NeedsAdmin,
     Conflict, DivisionByZero, DomainError, InvalidAddress, InvalidRequest, Maintenance, NotFound, Overflow,
     ServiceError, TooLarge, UnknownOperation,
 )
@@ -80,7 +81,7 @@ async def test_email(sy, stack):
     assert (stack.outbox / f"{accepted.id}.eml").read_text().count("Subject: Hello from Python") == 1
 
 
-async def test_payments(sy):
+async def test_payments(sy, admin):
     pid = uid("py-pay")
     ack = await sy.payments.publish("user-py", "19.99", payment_id=pid, email="payer@b.example")
     assert ack.payment_id == pid and ack.stream == "PAYMENTS" and not ack.duplicate
@@ -88,8 +89,10 @@ async def test_payments(sy):
     assert (status.status, status.amount, status.currency, status.attempts, status.reason) == ("completed", "19.99", "USD", 1, None)
     again = await sy.payments.publish("user-py", "19.99", payment_id=pid)
     assert again.duplicate
-    with pytest.raises(Conflict):
+    with pytest.raises(NeedsAdmin, match="needs the admin role"):
         await sy.payments.replay(pid)
+    with pytest.raises(Conflict):
+        await admin.payments.replay(pid)
     rejected = uid("py-rule")
     await sy.payments.publish("user-py", "-1", payment_id=rejected)
     failed = await sy.payments.wait(rejected)
@@ -99,7 +102,7 @@ async def test_payments(sy):
     with pytest.raises(InvalidRequest):
         await sy.payments.status("bad.id")
     with pytest.raises(NotFound):
-        await sy.payments.replay(uid("nope"))
+        await admin.payments.replay(uid("nope"))
 
 
 async def test_logs(sy):
@@ -183,9 +186,11 @@ async def test_discovery_as_plain_json(sy):
     assert any(s.name == "math" for s in services)
 
 
-async def test_maintenance_mode(sy):
-    try:
+async def test_maintenance_mode(sy, admin):
+    with pytest.raises(NeedsAdmin, match="needs the admin role"):
         await sy.set_maintenance(True)
+    try:
+        await admin.set_maintenance(True)
         for _ in range(40):
             try:
                 await sy.math.add(1, 1)
@@ -197,7 +202,7 @@ async def test_maintenance_mode(sy):
             pytest.fail("no 503 within 2 s")
         assert any(p["name"] == "math" for p in await sy.discover("PING", "math")), "$SRV answers in maintenance"
     finally:
-        await sy.set_maintenance(False)
+        await admin.set_maintenance(False)
     for _ in range(40):
         try:
             assert await sy.math.add(1, 1) == 2

@@ -1,11 +1,12 @@
 """Python client for Switchyard, NATS microservices in Rust."""
 
 from .client import (
-    EmailClient, LogClient, MathClient, PaymentClient, RegistryClient, StocksClient, Switchyard,
+    ADMIN_ROLE, CLIENT_ROLE, ROLES, EmailClient, LogClient, MathClient, PaymentClient, RegistryClient, StocksClient,
+    Switchyard, read_secrets,
 )
 from .errors import (
     BY_CODE, Conflict, DivisionByZero, DomainError, Internal, InvalidAddress, InvalidRequest, Maintenance,
-    NoResponders, NotFound, Overflow, Rejected, ServiceError, SwitchyardError, Timeout, TooLarge, Unavailable,
+    NeedsAdmin, NoResponders, NotFound, Overflow, Rejected, ServiceError, SwitchyardError, Timeout, TooLarge, Unavailable,
     UnknownOperation,
 )
 from .models import (
@@ -14,6 +15,7 @@ from .models import (
 
 __all__ = [
     "Switchyard", "MathClient", "EmailClient", "PaymentClient", "LogClient", "StocksClient", "RegistryClient",
+    "ROLES", "CLIENT_ROLE", "ADMIN_ROLE", "read_secrets", "NeedsAdmin",
     "ServiceError", "SwitchyardError", "NoResponders", "Timeout", "BY_CODE",
     "InvalidRequest", "UnknownOperation", "InvalidAddress", "NotFound", "Conflict", "TooLarge",
     "DivisionByZero", "Overflow", "DomainError", "Rejected", "Internal", "Maintenance", "Unavailable",

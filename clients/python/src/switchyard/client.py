@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import json
+import os
 import uuid
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, AsyncIterator, Iterable, Optional, Union
 from urllib.parse import urlparse
 
@@ -27,6 +29,30 @@ from .models import (
 )
 
 DEFAULT_SERVERS = ["nats://127.0.0.1:4222"]
+#: The roles of the locked-down deployments: apps, and operators.
+CLIENT_ROLE, ADMIN_ROLE = "client", "admin"
+ROLES = (CLIENT_ROLE, ADMIN_ROLE)
+
+
+def read_secrets(path: Union[str, os.PathLike, None] = None) -> dict:
+    """``KEY=VALUE`` lines of the secrets file (``path``, else ``$SWITCHYARD_SECRETS``,
+    else ``./.env``); empty when there is none."""
+    path = Path(path or os.environ.get("SWITCHYARD_SECRETS") or ".env")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        out[key.strip()] = value
+    return out
 
 
 def inbox_prefix(user: Optional[str]) -> Optional[str]:
@@ -62,8 +88,10 @@ def _rfc3339(value: Union[str, _dt.datetime, None]) -> Optional[str]:
 class Switchyard:
     """A connection to Switchyard. Use ``await Switchyard.connect(...)``."""
 
-    def __init__(self, nc, timeout: float):
+    def __init__(self, nc, timeout: float, user: Optional[str] = None):
         self.nc = nc
+        #: The NATS user this connection authenticated as (None: no accounts).
+        self.user = user
         self.js = nc.jetstream()
         self.timeout = timeout
         self.math = MathClient(self)
@@ -74,17 +102,41 @@ class Switchyard:
         self.registry = RegistryClient(self)
 
     @classmethod
-    async def connect(cls, servers: Optional[Iterable[str]] = None, *, timeout: float = 5.0, **options: Any) -> "Switchyard":
-        """Connects to the given servers (a list: pass every cluster node)."""
+    async def connect(cls, servers: Optional[Iterable[str]] = None, *, timeout: float = 5.0, role: str = "client",
+                      secrets: Union[str, os.PathLike, None] = None, **options: Any) -> "Switchyard":
+        """Connects to the given servers (a list: pass every cluster node).
+
+        Credentials: ``user=``/``password=`` (or ``user:pass@`` in a URL) are
+        used as given. Otherwise ``role`` (``"client"`` for apps, ``"admin"``
+        for operations: maintenance mode, replays) takes its password
+        (``CLIENT_PASSWORD`` / ``ADMIN_PASSWORD``) from the env file that
+        ``switchyard secrets`` / ``switchyard up`` / ``just docker-up`` write:
+        ``secrets=``, else ``$SWITCHYARD_SECRETS``, else ``./.env``. With no
+        such file, no credentials (a cluster without accounts).
+        """
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, not {role!r}")
         options.setdefault("name", "switchyard-python")
         options.setdefault("max_reconnect_attempts", -1)
         options.setdefault("reconnect_time_wait", 0.25)
         servers = list(servers or DEFAULT_SERVERS)
-        prefix = inbox_prefix(_user_of(servers, options))
+        if not _user_of(servers, options):
+            password = read_secrets(secrets).get(f"{role.upper()}_PASSWORD")
+            if password:
+                options["user"], options["password"] = role, password
+        user = _user_of(servers, options)
+        prefix = inbox_prefix(user)
         if prefix:
             options.setdefault("inbox_prefix", prefix)
         nc = await nats.connect(servers=servers, **options)
-        return cls(nc, timeout)
+        return cls(nc, timeout, user)
+
+    def _needs_admin(self, what: str) -> None:
+        """Raises NeedsAdmin when this connection is the ``client`` role."""
+        if self.user == CLIENT_ROLE:
+            raise _errors.NeedsAdmin(
+                f"{what} needs the admin role: connect with Switchyard.connect(role='admin') "
+                f"(its password is ADMIN_PASSWORD in the secrets file)")
 
     async def close(self) -> None:
         await self.nc.drain()
@@ -136,7 +188,8 @@ class Switchyard:
         return [ServiceInfo.from_json(r) for r in await self.discover("PING", wait=wait)]
 
     async def set_maintenance(self, on: bool) -> None:
-        """Site-wide maintenance mode (KV config/site_maintenance)."""
+        """Site-wide maintenance mode (KV config/site_maintenance). Needs the admin role."""
+        self._needs_admin("set_maintenance")
         try:
             kv = await self.js.key_value(BUCKET_CONFIG)
         except Exception:
@@ -245,6 +298,8 @@ class PaymentClient:
         return _build(PaymentStatus, await self._sy.request(PAYMENT_STATUS, {"payment_id": payment_id}))
 
     async def replay(self, payment_id: str) -> Replay:
+        """Queues a failed payment again (an operation: needs the admin role)."""
+        self._sy._needs_admin("payments.replay")
         return _build(Replay, await self._sy.request(PAYMENT_REPLAY, {"payment_id": payment_id}))
 
     async def wait(self, payment_id: str, timeout: float = 15.0) -> PaymentStatus:

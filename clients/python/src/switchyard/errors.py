@@ -50,6 +50,10 @@ BY_CODE: dict = {code: _error(_class_name(code), code, status) for code, status 
 globals().update({cls.__name__: cls for cls in BY_CODE.values()})
 
 
+class NeedsAdmin(SwitchyardError):
+    """The call is an operation (maintenance mode, replays) and this connection is the ``client`` role."""
+
+
 class NoResponders(SwitchyardError):
     """Nobody listens on the subject: is the service running?"""
 
