@@ -3,11 +3,13 @@
 import asyncio
 import sys
 
-import nats
+from switchyard import Switchyard
 
 
 async def main(servers):
-    nc = await nats.connect(servers=servers)
+    # Credentials (the `client` role) come from the .env `just up` made.
+    sy = await Switchyard.connect(servers=servers)
+    nc = sy.nc
     got = asyncio.Queue()
     async def on_message(msg):
         await got.put(msg.data.decode())

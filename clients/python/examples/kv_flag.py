@@ -8,7 +8,8 @@ from switchyard import Maintenance, Switchyard
 
 
 async def main(servers):
-    async with await Switchyard.connect(servers=servers) as sy:
+    # Maintenance mode is an operation: the admin role (ADMIN_PASSWORD in .env).
+    async with await Switchyard.connect(servers=servers, role="admin") as sy:
         kv = await sy.js.key_value("config")
         watcher = await kv.watch("site_maintenance")
         await sy.set_maintenance(True)

@@ -5,11 +5,13 @@ import asyncio
 import collections
 import sys
 
-import nats
+from switchyard import Switchyard
 
 
 async def main(servers):
-    nc = await nats.connect(servers=servers)
+    # Credentials (the `client` role) come from the .env `just up` made.
+    sy = await Switchyard.connect(servers=servers)
+    nc = sy.nc
     counts = collections.Counter()
     done = asyncio.Event()
 

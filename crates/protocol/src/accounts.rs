@@ -218,6 +218,7 @@ pub fn client() -> User {
         crate::micro::SRV_ALL.to_owned(),
         subjects::PAYMENT_PROCESS.to_owned(),
         subjects::LOGS_ALL.to_owned(),
+        subjects::DEMO_ALL.to_owned(),
         // State, not content: stream and consumer info.
         JS_API_INFO.to_owned(),
         "$JS.API.STREAM.NAMES".to_owned(),
@@ -259,6 +260,7 @@ pub fn client() -> User {
             subjects::STOCKS_ALL.to_owned(),
             subjects::LOGS_ALL.to_owned(),
             subjects::EVENTS_ALL.to_owned(),
+            subjects::DEMO_ALL.to_owned(),
         ],
         subscribe_deny: vec![],
         allow_responses: false,

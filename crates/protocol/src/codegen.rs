@@ -66,6 +66,7 @@ fn python_constants() -> Vec<(&'static str, Py)> {
         ("LOG_LEVELS", tuple(subjects::LOG_LEVELS)),
         ("STOCKS_PREFIX", s(subjects::STOCKS_PREFIX)),
         ("STOCKS_ALL", s(subjects::STOCKS_ALL)),
+        ("DEMO_ALL", s(subjects::DEMO_ALL)),
         ("STOCKS_SNAPSHOT", s(subjects::STOCKS_SNAPSHOT)),
         ("STOCKS_SYMBOLS", s(subjects::STOCKS_SYMBOLS)),
         ("REGISTRY_REGISTER", s(subjects::REGISTRY_REGISTER)),

@@ -78,6 +78,11 @@ pub fn logs(service: &str, level: &str) -> Result<String, SubjectError> {
 }
 
 // --- stock-ticker -----------------------------------------------------------
+/// Apps' own core NATS subjects (the seed playground's `demo.hello`,
+/// `demo.tasks`): no service and no stream uses them; `client` may
+/// publish and subscribe them.
+pub const DEMO_ALL: &str = "demo.>";
+
 /// First token of every tick subject.
 pub const STOCKS_PREFIX: &str = "stocks";
 /// All tick subjects (stream `STOCKS`).

@@ -24,6 +24,7 @@ LOGS_DLQ = "dlq.logs"
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error",)
 STOCKS_PREFIX = "stocks"
 STOCKS_ALL = "stocks.>"
+DEMO_ALL = "demo.>"
 STOCKS_SNAPSHOT = "services.stocks.snapshot"
 STOCKS_SYMBOLS = "services.stocks.symbols"
 REGISTRY_REGISTER = "services.registry.register"
