@@ -17,6 +17,7 @@
 //! - [`js::r3_kv`] makes an R3 bucket and returns once it is usable from the
 //!   caller's connection (no retry needed after).
 
+pub mod attacks;
 mod cluster;
 pub mod js;
 mod process;

@@ -41,10 +41,20 @@ pub struct Watched {
 /// Connects to `cluster` as `user` ([`Cluster::options_as`]: its password
 /// and inbox prefix), recording the server's errors.
 pub async fn connect_watched(cluster: &Cluster, user: &str) -> anyhow::Result<Watched> {
+    watch(user, cluster.options_as(user)?, cluster.urls()).await
+}
+
+/// Connects to `urls` with `options` (already holding `user`'s credentials,
+/// inbox prefix and any TLS), recording the server's errors: for clusters
+/// testkit did not start (the compose stack).
+pub async fn watch(
+    user: &str,
+    options: async_nats::ConnectOptions,
+    urls: Vec<String>,
+) -> anyhow::Result<Watched> {
     let errors = Arc::new(Mutex::new(Vec::new()));
     let seen = errors.clone();
-    let client = cluster
-        .options_as(user)?
+    let client = options
         .event_callback(move |event| {
             let seen = seen.clone();
             async move {
@@ -55,7 +65,7 @@ pub async fn connect_watched(cluster: &Cluster, user: &str) -> anyhow::Result<Wa
                 }
             }
         })
-        .connect(cluster.urls())
+        .connect(urls)
         .await?;
     Ok(Watched {
         user: user.to_owned(),
