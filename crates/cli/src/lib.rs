@@ -2,6 +2,7 @@
 
 mod accounts;
 mod bench;
+mod certs;
 mod codegen;
 mod email;
 mod generated;
@@ -74,6 +75,8 @@ enum Command {
     Accounts(accounts::AccountsArgs),
     /// Generate the deployment's passwords into an ignored env file (`.env`), once.
     Secrets(secrets::SecretsArgs),
+    /// Make a local CA and the NATS nodes' TLS certificate (`.switchyard/certs`), once.
+    Certs(certs::CertsArgs),
     /// Write the Python client's constants and the docs' subject table (or check them).
     Codegen(codegen::CodegenArgs),
 }
@@ -100,6 +103,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Accounts(args) => accounts::run(args),
         Command::Codegen(args) => codegen::run(args),
         Command::Secrets(args) => secrets::run(args),
+        Command::Certs(args) => certs::run(args),
         Command::Bench(args) => bench::run(&cli.servers, args).await,
         Command::BenchHelper(args) => bench::helper::run(&cli.servers, args).await,
     };
