@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import json
+import os
+import ssl
 import uuid
 from decimal import Decimal
 from typing import Any, AsyncIterator, Iterable, Optional, Union
@@ -51,6 +53,21 @@ def _user_of(servers: Iterable[str], options: dict) -> Optional[str]:
 
 
 
+TLS_CA_FILE_ENV = "SWITCHYARD__NATS__TLS_CA_FILE"
+
+
+def tls_context(ca_file: Optional[str] = None) -> Optional[ssl.SSLContext]:
+    """A TLS context trusting ``ca_file`` (the ``ca.pem`` of ``switchyard certs``),
+    or the file named by ``SWITCHYARD__NATS__TLS_CA_FILE`` (the setting the Rust
+    services and CLI read); None when neither is set."""
+    ca_file = ca_file or os.environ.get(TLS_CA_FILE_ENV) or None
+    if not ca_file:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 def _rfc3339(value: Union[str, _dt.datetime, None]) -> Optional[str]:
     if value is None or isinstance(value, str):
         return value
@@ -74,8 +91,17 @@ class Switchyard:
         self.registry = RegistryClient(self)
 
     @classmethod
-    async def connect(cls, servers: Optional[Iterable[str]] = None, *, timeout: float = 5.0, **options: Any) -> "Switchyard":
-        """Connects to the given servers (a list: pass every cluster node)."""
+    async def connect(cls, servers: Optional[Iterable[str]] = None, *, timeout: float = 5.0,
+                      tls_ca_file: Optional[str] = None, **options: Any) -> "Switchyard":
+        """Connects to the given servers (a list: pass every cluster node).
+
+        ``tls_ca_file`` (default: ``$SWITCHYARD__NATS__TLS_CA_FILE``) makes the
+        connection TLS, trusting that CA (the compose stack requires TLS); a
+        ``tls=`` SSLContext passed through ``options`` wins."""
+        if "tls" not in options:
+            ctx = tls_context(tls_ca_file)
+            if ctx is not None:
+                options["tls"] = ctx
         options.setdefault("name", "switchyard-python")
         options.setdefault("max_reconnect_attempts", -1)
         options.setdefault("reconnect_time_wait", 0.25)
