@@ -58,6 +58,10 @@ pub(crate) struct CertsArgs {
     /// Replace existing files (a new CA: every client needs the new `ca.pem`).
     #[arg(long)]
     force: bool,
+    /// Another name or IP address of the nodes (repeatable), e.g. the host's
+    /// public name when `PUBLISH_ADDR` exposes the ports.
+    #[arg(long = "name")]
+    names: Vec<String>,
 }
 
 /// What [`ensure`] did.
@@ -73,7 +77,7 @@ pub(crate) enum Outcome {
 
 /// Makes the CA and the node certificate in `dir` unless they exist (or
 /// `force`).
-pub(crate) fn ensure(dir: &Path, force: bool) -> anyhow::Result<Outcome> {
+pub(crate) fn ensure(dir: &Path, force: bool, extra: &[String]) -> anyhow::Result<Outcome> {
     let has = |name: &str| dir.join(name).is_file();
     if !force && [CA_CERT, NODE_CERT, NODE_KEY].iter().all(|n| has(n)) {
         return Ok(Outcome::Kept);
@@ -113,7 +117,11 @@ pub(crate) fn ensure(dir: &Path, force: bool) -> anyhow::Result<Outcome> {
         write_file(&dir.join(CA_CERT), &cert.pem(), false)?;
         (Issuer::new(params, key), Outcome::Created)
     };
-    let names: Vec<String> = NODE_NAMES.iter().map(|n| (*n).to_owned()).collect();
+    let names: Vec<String> = NODE_NAMES
+        .iter()
+        .map(|n| (*n).to_owned())
+        .chain(extra.iter().cloned())
+        .collect();
     let mut params = CertificateParams::new(names).context("the node names")?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
@@ -165,7 +173,7 @@ fn write_file(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
 }
 
 pub(crate) fn run(args: CertsArgs) -> anyhow::Result<()> {
-    let outcome = ensure(&args.dir, args.force)?;
+    let outcome = ensure(&args.dir, args.force, &args.names)?;
     let dir = args.dir.display();
     match outcome {
         Outcome::Kept => crate::say(format_args!(
@@ -173,8 +181,12 @@ pub(crate) fn run(args: CertsArgs) -> anyhow::Result<()> {
         )),
         Outcome::Created => crate::say(format_args!(
             "{dir}: made a CA ({CA_CERT}, key {CA_KEY}) and the NATS node certificate \
-             ({NODE_CERT}, key {NODE_KEY}) for {}",
-            NODE_NAMES.join(", ")
+             ({NODE_CERT}, key {NODE_KEY}) for {}{}",
+            NODE_NAMES.join(", "),
+            args.names
+                .iter()
+                .map(|n| format!(", {n}"))
+                .collect::<String>()
         )),
         Outcome::NodeRenewed => crate::say(format_args!(
             "{dir}: signed a new NATS node certificate ({NODE_CERT}, key {NODE_KEY}) with the existing CA"
@@ -200,7 +212,10 @@ mod tests {
     fn makes_a_ca_and_a_node_certificate_for_servers_and_routes() {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
-        assert_eq!(ensure(&certs, false).unwrap(), Outcome::Created);
+        assert_eq!(
+            ensure(&certs, false, &["10.9.8.7".to_owned()]).unwrap(),
+            Outcome::Created
+        );
 
         let ca_der = der(&certs.join(CA_CERT));
         let (_, ca) = X509Certificate::from_der(&ca_der).unwrap();
@@ -240,6 +255,7 @@ mod tests {
             assert!(dns.iter().any(|d| d == name), "{name} missing from {dns:?}");
         }
         assert!(ips.contains(&vec![127, 0, 0, 1]), "{ips:?}");
+        assert!(ips.contains(&vec![10, 9, 8, 7]), "--name {ips:?}");
         let mut v6 = vec![0u8; 16];
         v6[15] = 1;
         assert!(ips.contains(&v6), "{ips:?}");
@@ -254,8 +270,8 @@ mod tests {
             assert_eq!(m.mode() & 0o777, mode, "{file}");
         }
         // The keys are parseable PEM of the certificates' keys.
-        let key = KeyPair::from_pem(&std::fs::read_to_string(certs.join(NODE_KEY)).unwrap())
-            .unwrap();
+        let key =
+            KeyPair::from_pem(&std::fs::read_to_string(certs.join(NODE_KEY)).unwrap()).unwrap();
         assert_eq!(
             key.public_key_raw(),
             node.public_key().subject_public_key.data.as_ref()
@@ -266,22 +282,24 @@ mod tests {
     fn keeps_existing_files_renews_a_missing_node_cert_and_replaces_with_force() {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path();
-        ensure(certs, false).unwrap();
+        ensure(certs, false, &[]).unwrap();
         let ca = std::fs::read(certs.join(CA_CERT)).unwrap();
         let node = std::fs::read(certs.join(NODE_CERT)).unwrap();
-        assert_eq!(ensure(certs, false).unwrap(), Outcome::Kept);
+        assert_eq!(ensure(certs, false, &[]).unwrap(), Outcome::Kept);
         assert_eq!(std::fs::read(certs.join(NODE_CERT)).unwrap(), node);
 
         std::fs::remove_file(certs.join(NODE_CERT)).unwrap();
-        assert_eq!(ensure(certs, false).unwrap(), Outcome::NodeRenewed);
+        assert_eq!(ensure(certs, false, &[]).unwrap(), Outcome::NodeRenewed);
         assert_eq!(std::fs::read(certs.join(CA_CERT)).unwrap(), ca);
         let renewed_der = der(&certs.join(NODE_CERT));
         let (_, renewed) = X509Certificate::from_der(&renewed_der).unwrap();
         let ca_der = der(&certs.join(CA_CERT));
         let (_, ca_cert) = X509Certificate::from_der(&ca_der).unwrap();
-        renewed.verify_signature(Some(ca_cert.public_key())).unwrap();
+        renewed
+            .verify_signature(Some(ca_cert.public_key()))
+            .unwrap();
 
-        assert_eq!(ensure(certs, true).unwrap(), Outcome::Created);
+        assert_eq!(ensure(certs, true, &[]).unwrap(), Outcome::Created);
         assert_ne!(std::fs::read(certs.join(CA_CERT)).unwrap(), ca);
     }
 }
