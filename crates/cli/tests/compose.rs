@@ -729,7 +729,8 @@ async fn cluster_servers(sys: &Client) -> Vec<String> {
 /// A rogue server tries to route into nats1: it must not join (still
 /// exactly nats1..3) and must not receive what `client` publishes on a
 /// subject its own subscriber listens to (`>`), while a subscriber on the
-/// real cluster does.
+/// real cluster (`math`, which may subscribe `$SRV.>`) does. The subject is
+/// one no service and no stream listens to.
 async fn rogue_refused(
     stack: &mut Stack,
     client: &Client,
@@ -743,9 +744,10 @@ async fn rogue_refused(
     let spy = wait_for_rogue(port).await?;
     let mut spied = spy.subscribe(">").await.map_err(|e| e.to_string())?;
     spy.flush().await.map_err(|e| e.to_string())?;
-    let subject = format!("logs.compose-attack.{case}");
-    let mut control = client.subscribe(subject.clone()).await.unwrap();
-    client.flush().await.unwrap();
+    let subject = format!("$SRV.compose-attack.{case}");
+    let (math, _) = stack.connect(stack.urls(), MATH).await;
+    let mut control = math.subscribe(subject.clone()).await.unwrap();
+    math.flush().await.unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     for i in 0..5 {
         client
@@ -786,7 +788,7 @@ async fn rogue_refused(
         .find(|l| l.contains("[ERR]") || l.contains("closed"))
         .map(|l| l.split_once("] ").map_or(l, |(_, r)| r).to_owned())
         .unwrap_or_else(|| "no route error logged".into());
-    drop((spy, control));
+    drop((spy, control, math));
     stack.remove_container(&name);
     Ok(format!(
         "cluster still {servers:?}, the rogue's `>` got nothing of 5 messages the cluster delivered; rogue log: {reason}"
