@@ -672,7 +672,8 @@ impl Stack {
             dir.join("rogue.conf"),
             format!(
                 "server_name: rogue-{case}\nlisten: 0.0.0.0:4222\n\
-                 accounts {{ APP {{ users: [ {{ user: spy, password: spy-password-1 }} ] }} }}\n\
+                 accounts {{ APP {{ users: [ {{ user: spy, password: spy-password-1 }} ] }}, SYS {{ }} }}\n\
+                 system_account: SYS\n\
                  cluster {{\n  name: switchyard\n  listen: 0.0.0.0:6222\n\
                  tls {{ cert_file: /etc/nats/cert.pem, key_file: /etc/nats/key.pem, ca_file: /etc/nats/ca.pem, verify: true, timeout: 2 }}\n\
                  routes: [ \"{route_url}\" ]\n}}\n"
@@ -726,29 +727,74 @@ async fn cluster_servers(sys: &Client) -> Vec<String> {
     names
 }
 
-/// A rogue server tries to route into nats1: it must not join (still
-/// exactly nats1..3) and must not receive what `client` publishes on a
-/// subject its own subscriber listens to (`>`), while a subscriber on the
-/// real cluster (`math`, which may subscribe `$SRV.>`) does. The subject is
-/// one no service and no stream listens to.
-async fn rogue_refused(
+/// What a rogue server achieved (see [`rogue_attempt`]).
+#[derive(Debug)]
+struct RogueOutcome {
+    /// The cluster's servers as `sys` sees them meanwhile.
+    servers: Vec<String>,
+    /// The first message the rogue's `>` subscriber received, if any.
+    spied: Option<String>,
+    /// What nats1 logged about the rogue's address, else the rogue's log.
+    reason: String,
+}
+
+impl RogueOutcome {
+    /// Refused: still exactly nats1..3, and the rogue heard nothing.
+    fn refused(&self) -> Result<String, String> {
+        if self.servers != ["nats1", "nats2", "nats3"] || self.spied.is_some() {
+            return Err(format!("{self:?}"));
+        }
+        Ok(format!(
+            "cluster still {:?}, the rogue's `>` got nothing of 5 messages the cluster delivered; {}",
+            self.servers, self.reason
+        ))
+    }
+}
+
+/// A rogue server (see [`Stack::rogue`]) tries to route into nats1. `client`
+/// publishes 5 messages on a subject the rogue's own subscriber listens to
+/// (`>`) and a subscriber on the real cluster (`math`, which may subscribe
+/// `$SRV.>`) too; the subject is one no service and no stream listens to.
+/// When `joins`, waits (bounded) for the rogue to appear first: the control
+/// run that shows these checks see a server that does get in.
+async fn rogue_attempt(
     stack: &mut Stack,
     client: &Client,
     sys: &Client,
     case: &str,
     route_url: &str,
     certs_from: &Path,
-) -> Result<String, String> {
+    joins: bool,
+) -> RogueOutcome {
     let (name, port) = stack.rogue(case, route_url, certs_from);
-    // The rogue dials nats1 about once a second; give it several tries.
-    let spy = wait_for_rogue(port).await?;
-    let mut spied = spy.subscribe(">").await.map_err(|e| e.to_string())?;
-    spy.flush().await.map_err(|e| e.to_string())?;
+    let spy = wait_for_rogue(port).await.unwrap();
+    let mut spied = spy.subscribe(">").await.unwrap();
+    spy.flush().await.unwrap();
     let subject = format!("$SRV.compose-attack.{case}");
     let (math, _) = stack.connect(stack.urls(), MATH).await;
     let mut control = math.subscribe(subject.clone()).await.unwrap();
     math.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    if joins {
+        let rogue = format!("rogue-{case}");
+        wait_until("the rogue joins", Duration::from_secs(30), || {
+            let sys = sys.clone();
+            let rogue = rogue.clone();
+            async move {
+                let servers = cluster_servers(&sys).await;
+                if servers.contains(&rogue) {
+                    Ok(())
+                } else {
+                    Err(format!("{servers:?}"))
+                }
+            }
+        })
+        .await;
+        // Interest crosses the new route.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    } else {
+        // The rogue dials nats1 about once a second: several tries.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
     for i in 0..5 {
         client
             .publish(subject.clone(), format!("secret {i}").into())
@@ -757,42 +803,66 @@ async fn rogue_refused(
     }
     client.flush().await.unwrap();
     let seen = tokio::time::timeout(Duration::from_secs(5), control.next()).await;
-    if !matches!(seen, Ok(Some(_))) {
-        return Err(
-            "the control subscriber on the cluster got nothing: the check proves nothing".into(),
-        );
-    }
-    if let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), spied.next()).await {
-        return Err(format!(
-            "the rogue received {:?} on {}",
-            m.payload, m.subject
-        ));
-    }
+    assert!(
+        matches!(seen, Ok(Some(_))),
+        "the control subscriber on the cluster got nothing: the check would prove nothing"
+    );
+    let spied = tokio::time::timeout(Duration::from_secs(3), spied.next())
+        .await
+        .ok()
+        .flatten()
+        .map(|m| format!("{:?} on {}", m.payload, m.subject));
     let servers = cluster_servers(sys).await;
-    if servers != ["nats1", "nats2", "nats3"] {
-        return Err(format!("the cluster's servers are {servers:?}"));
-    }
-    let logs = {
-        let mut cmd = Command::new("docker");
-        cmd.args(["logs", "--tail", "200", &name]);
-        let out = run_bounded(cmd, Duration::from_secs(30));
+    let ip = docker(
+        &[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &name,
+        ],
+        Duration::from_secs(30),
+    );
+    let text = |out: Output| {
         format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
     };
-    let reason = logs
-        .lines()
-        .rev()
-        .find(|l| l.contains("[ERR]") || l.contains("closed"))
-        .map(|l| l.split_once("] ").map_or(l, |(_, r)| r).to_owned())
-        .unwrap_or_else(|| "no route error logged".into());
+    let nats1 = text(run_bounded(
+        stack.command(&["logs", "--no-color", "--tail", "300", "nats1"]),
+        Duration::from_secs(30),
+    ));
+    let rogue_log = {
+        let mut cmd = Command::new("docker");
+        cmd.args(["logs", "--tail", "200", &name]);
+        text(run_bounded(cmd, Duration::from_secs(30)))
+    };
+    let last = |log: &str, want: &dyn Fn(&str) -> bool| {
+        log.lines()
+            .rev()
+            .find(|l| want(l))
+            .map(|l| l.split_once("] ").map_or(l, |(_, r)| r).trim().to_owned())
+    };
+    let from_rogue = format!("{ip}:");
+    let reason = match last(&nats1, &|l: &str| {
+        l.contains(&from_rogue) && (l.contains("[ERR]") || l.contains("closed"))
+    }) {
+        Some(l) => format!("nats1 logged: {l}"),
+        None => format!(
+            "rogue logged: {}",
+            last(&rogue_log, &|l: &str| l.contains("[ERR]")
+                || l.contains("closed"))
+            .unwrap_or_else(|| "no route error".into())
+        ),
+    };
     drop((spy, control, math));
     stack.remove_container(&name);
-    Ok(format!(
-        "cluster still {servers:?}, the rogue's `>` got nothing of 5 messages the cluster delivered; rogue log: {reason}"
-    ))
+    RogueOutcome {
+        servers,
+        spied,
+        reason,
+    }
 }
 
 async fn wait_for_rogue(port: u16) -> Result<Client, String> {
@@ -925,21 +995,25 @@ async fn transport_attacks(stack: &mut Stack, client: &Client, sys: &Client) -> 
     let other = stack.dir.path().join("other-ca");
     attack_row(
         "rogue server routes in without route credentials (valid certificate)",
-        rogue_refused(
+        rogue_attempt(
             stack,
             client,
             sys,
             "nocreds",
             "nats-route://nats1:6222",
             &certs,
+            false,
         )
-        .await,
+        .await
+        .refused(),
     );
     rows += 1;
     let with_password = format!("nats-route://route:{}@nats1:6222", stack.password("route"));
     attack_row(
         "rogue server routes in with the route password but a certificate of another CA",
-        rogue_refused(stack, client, sys, "badcert", &with_password, &other).await,
+        rogue_attempt(stack, client, sys, "badcert", &with_password, &other, false)
+            .await
+            .refused(),
     );
     rows += 1;
     attack_row(
@@ -1329,6 +1403,30 @@ async fn compose_stack_survives_node_loss_partitions_and_crashes() {
     println!(
         "all {} acked payments completed, one completed event each",
         acked.len()
+    );
+
+    // 7. The control of the rogue rows: with the route password and the
+    //    node certificate a server does get in, and the same checks see it.
+    let certs = stack.ca.parent().unwrap().to_path_buf();
+    let with_password = format!("nats-route://route:{}@nats1:6222", stack.password("route"));
+    let joined = rogue_attempt(
+        &mut stack,
+        &client,
+        &sys,
+        "control",
+        &with_password,
+        &certs,
+        true,
+    )
+    .await;
+    assert!(
+        joined.refused().is_err() && joined.spied.is_some(),
+        "a server with the route password and certificate did not get in: {joined:?}"
+    );
+    println!(
+        "CONTROL a server with the route password and the node certificate joins: servers {:?}, its `>` received {}",
+        joined.servers,
+        joined.spied.as_deref().unwrap_or("-")
     );
 
     drop((client, sys));
