@@ -5,6 +5,11 @@
 //!    the host; time to healthy is printed.
 //! 2. A service user publishing to another service's subject is refused by
 //!    the server (and the open `client` user is answered on the same subject).
+//!    Then the transport attacks (`ATTACK <row> refused: ...`, see
+//!    docs/SECURITY.md): no credentials, a wrong password, plaintext with the
+//!    right password, a client trusting another CA, rogue nats-servers routing
+//!    in without route credentials or with a foreign certificate, and the
+//!    monitoring port probed from the services' network.
 //! 3. `docker compose stop nats1`, then the node math-service is connected to,
 //!    each while the host sends requests and payments: requests resume within
 //!    5 s, the cluster keeps quorum, the node rejoins when started again.
@@ -14,8 +19,13 @@
 //! 5. The payment-processor's process is killed (SIGKILL from the host, as a
 //!    crash): compose restarts the container and every payment acked before,
 //!    during and after completes.
-//! 6. Every acked payment of the whole run is `completed`; `down -v` leaves
-//!    no container, volume or network behind.
+//! 6. Every acked payment of the whole run is `completed`.
+//! 7. The rogue rows' control: with the route password and the node
+//!    certificate a server does join and hears the attacked subject. Then
+//!    `down -v` leaves no container, volume or network behind.
+//!
+//! The stack has its own passwords and certificates: `switchyard secrets`
+//! and `switchyard certs` into a temporary directory, passed by environment.
 //!
 //! Ignored by plain `cargo test`: it needs a Docker engine and the images.
 //! `just docker-test` builds the images and runs it; `.ci/run` does so when
