@@ -99,8 +99,11 @@ docker-images: setup
     cargo build --release --workspace --locked
     bash deploy/docker/build-offline.sh
 
-# The compose stack from the offline images (3 NATS nodes + six services, locked down).
+# The compose stack from the offline images (3 NATS nodes + six services, locked down):
+# first the passwords (.env) and TLS certificates (.switchyard/certs), made once.
 docker-up: docker-images
+    target/release/switchyard secrets
+    target/release/switchyard certs --dir "${SWITCHYARD_CERTS_DIR:-.switchyard/certs}"
     {{compose}} up -d --no-build
     {{compose}} ps
 

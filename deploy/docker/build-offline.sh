@@ -14,8 +14,12 @@ cp "$(readlink -f .venv/bin/nats-server)" "$work/nats/nats-server"
 docker build -q -t "$nats_image" -f deploy/docker/Dockerfile.nats-scratch "$work/nats" >/dev/null
 echo "built $nats_image (FROM scratch, static nats-server)"
 
-for service in math-service email-notifier payment-processor log-worker stock-ticker registry; do
+# `switchyard` itself too (image switchyard/cli): the CLI inside the stack's
+# networks (the compose test probes reachability with it).
+for service in math-service email-notifier payment-processor log-worker stock-ticker registry switchyard; do
   bin="target/release/$service"
+  image="switchyard/$service:$tag"
+  [ "$service" = switchyard ] && image="switchyard/cli:$tag"
   [ -x "$bin" ] || { echo "missing $bin: run cargo build --release --workspace" >&2; exit 1; }
   root="$work/$service/rootfs"
   mkdir -p "$root/usr/local/bin" "$root/etc" "$root/tmp" "$work/$service/data"
@@ -32,6 +36,6 @@ for service in math-service email-notifier payment-processor log-worker stock-ti
   chmod 1777 "$root/tmp"
   cp deploy/docker/Dockerfile.scratch "$work/$service/Dockerfile"
   # /data belongs to the service user (COPY --chown), so named volumes start writable.
-  docker build -q -t "switchyard/$service:$tag" "$work/$service" >/dev/null
-  echo "built switchyard/$service:$tag ($(du -sh "$root" | cut -f1))"
+  docker build -q -t "$image" "$work/$service" >/dev/null
+  echo "built $image ($(du -sh "$root" | cut -f1))"
 done

@@ -32,7 +32,11 @@ pub(crate) fn render_helm(users: &[User]) -> String {
          # from the service manifests (crates/protocol/src/manifest.rs, crates/protocol/src/accounts.rs);\n\
          # do not edit by hand.\n\
          #   helm install nats nats/nats -n switchyard -f deploy/k8s/nats-values.yaml\n\
-         config:\n  cluster:\n    enabled: true\n    replicas: 3\n  jetstream:\n    enabled: true\n    fileStore:\n      pvc:\n        size: 10Gi\n    # fsync every write before acknowledging it (the default flushes every 2 min)\n    merge:\n      sync_interval: always\n  merge:\n    system_account: SYS\n    accounts:\n      SYS:\n        users:\n          - user: sys\n            password: << $SYS_PASSWORD >>\n      APP:\n        jetstream: enabled\n        users:\n",
+         # TLS: the Secret `nats-tls` holds `switchyard certs`' CA (ca.crt) and node certificate\n\
+         # (tls.crt, tls.key); routes are mutual TLS and authenticate as user `route`, whose\n\
+         # password is given at install (--set config.cluster.routeURLs.password=..., see README.md).\n\
+         tlsCA:\n  enabled: true\n  secretName: nats-tls\n  key: ca.crt\n\
+         config:\n  cluster:\n    enabled: true\n    replicas: 3\n    tls:\n      enabled: true\n      secretName: nats-tls\n      merge:\n        verify: true\n    routeURLs:\n      user: route\n  nats:\n    tls:\n      enabled: true\n      secretName: nats-tls\n  jetstream:\n    enabled: true\n    fileStore:\n      pvc:\n        size: 10Gi\n    # fsync every write before acknowledging it (the default flushes every 2 min)\n    merge:\n      sync_interval: always\n  merge:\n    system_account: SYS\n    accounts:\n      SYS:\n        users:\n          - user: sys\n            password: << $SYS_PASSWORD >>\n      APP:\n        jetstream: enabled\n        users:\n",
     );
     for u in users {
         out.push_str(&format!(

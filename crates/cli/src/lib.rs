@@ -2,6 +2,7 @@
 
 mod accounts;
 mod bench;
+mod certs;
 mod codegen;
 mod email;
 mod generated;
@@ -77,6 +78,18 @@ enum Command {
     Accounts(accounts::AccountsArgs),
     /// Generate the deployment's passwords into an ignored env file (`.env`), once.
     Secrets(secrets::SecretsArgs),
+    /// (internal) try a TCP connection to each address and print what happened:
+    /// the compose test's reachability probe inside the stack's networks.
+    #[command(hide = true)]
+    ProbeTcp {
+        /// host:port addresses.
+        addrs: Vec<String>,
+        /// How long each attempt may take.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
+    /// Make a local CA and the NATS nodes' TLS certificate (`.switchyard/certs`), once.
+    Certs(certs::CertsArgs),
     /// Write the Python client's constants and the docs' subject table (or check them).
     Codegen(codegen::CodegenArgs),
 }
@@ -104,6 +117,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Accounts(args) => accounts::run(args),
         Command::Codegen(args) => codegen::run(args),
         Command::Secrets(args) => secrets::run(args),
+        Command::Certs(args) => certs::run(args),
+        Command::ProbeTcp { addrs, timeout_ms } => {
+            probe_tcp(&addrs, Duration::from_millis(timeout_ms)).await;
+            Ok(())
+        }
         Command::Bench(args) => bench::run(&cli.servers, args).await,
         Command::BenchHelper(args) => bench::helper::run(&cli.servers, args).await,
     };
@@ -246,6 +264,21 @@ async fn maintenance(servers: &[String], state: Option<MaintenanceState>) -> any
         if on { "on" } else { "off" }
     ));
     Ok(())
+}
+
+/// One line per address: `<addr> open`, `<addr> refused: <error>` or
+/// `<addr> timeout after <ms> ms`.
+async fn probe_tcp(addrs: &[String], limit: Duration) {
+    for addr in addrs {
+        match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr.as_str())).await {
+            Ok(Ok(_)) => say(format_args!("{addr} open")),
+            Ok(Err(e)) => say(format_args!("{addr} refused: {e}")),
+            Err(_) => say(format_args!(
+                "{addr} timeout after {} ms",
+                limit.as_millis()
+            )),
+        }
+    }
 }
 
 /// Prints one line to stdout (the CLI's output, as opposed to its logs).

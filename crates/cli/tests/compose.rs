@@ -5,6 +5,11 @@
 //!    the host; time to healthy is printed.
 //! 2. A service user publishing to another service's subject is refused by
 //!    the server (and the open `client` user is answered on the same subject).
+//!    Then the transport attacks (`ATTACK <row> refused: ...`, see
+//!    docs/SECURITY.md): no credentials, a wrong password, plaintext with the
+//!    right password, a client trusting another CA, rogue nats-servers routing
+//!    in without route credentials or with a foreign certificate, and the
+//!    monitoring port probed from the services' network.
 //! 3. `docker compose stop nats1`, then the node math-service is connected to,
 //!    each while the host sends requests and payments: requests resume within
 //!    5 s, the cluster keeps quorum, the node rejoins when started again.
@@ -14,8 +19,13 @@
 //! 5. The payment-processor's process is killed (SIGKILL from the host, as a
 //!    crash): compose restarts the container and every payment acked before,
 //!    during and after completes.
-//! 6. Every acked payment of the whole run is `completed`; `down -v` leaves
-//!    no container, volume or network behind.
+//! 6. Every acked payment of the whole run is `completed`.
+//! 7. The rogue rows' control: with the route password and the node
+//!    certificate a server does join and hears the attacked subject. Then
+//!    `down -v` leaves no container, volume or network behind.
+//!
+//! The stack has its own passwords and certificates: `switchyard secrets`
+//! and `switchyard certs` into a temporary directory, passed by environment.
 //!
 //! Ignored by plain `cargo test`: it needs a Docker engine and the images.
 //! `just docker-test` builds the images and runs it; `.ci/run` does so when
@@ -37,17 +47,18 @@ use runtime::client::call;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Passwords of docker-compose.yml's defaults (.env.example).
-const CLIENT: (&str, &str) = ("client", "client-dev");
-const SYS: (&str, &str) = ("sys", "sys-dev");
-const MATH: (&str, &str) = ("math", "math-dev");
-const ADMIN: (&str, &str) = ("admin", "admin-dev");
+/// NATS users of the stack (their passwords come from the stack's own
+/// `switchyard secrets` file).
+const CLIENT: &str = "client";
+const SYS: &str = "sys";
+const MATH: &str = "math";
+const ADMIN: &str = "admin";
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -100,12 +111,39 @@ fn docker(args: &[&str], limit: Duration) -> String {
 }
 
 /// One compose project on free host ports, removed (`down -v`) on drop.
+/// Its passwords and certificates are its own: `switchyard secrets` and
+/// `switchyard certs` into a temporary directory, passed by environment.
 struct Stack {
     project: String,
     compose: Vec<String>,
     env: Vec<(String, String)>,
     nats_ports: [u16; 3],
+    monitor_port: u16,
     probe_network: Option<String>,
+    /// Containers the test started outside compose (rogue servers, probes).
+    extra_containers: Vec<String>,
+    /// Passwords by env name (`CLIENT_PASSWORD`, ...).
+    secrets: BTreeMap<String, String>,
+    /// The CA the nodes' certificate is signed by.
+    ca: PathBuf,
+    /// `<prefix>` of the `control` network (`<prefix>.0/24`; nats1 is `.11`).
+    control_net: String,
+    /// `<prefix>` of the partition step's probe network; the cut node is `.10`.
+    probe_net: String,
+    dir: tempfile::TempDir,
+}
+
+/// Runs the `switchyard` binary built with this test.
+fn switchyard(args: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.args(args).env_remove("SWITCHYARD_ALLOW_DEV_PASSWORDS");
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "switchyard {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 impl Stack {
@@ -129,21 +167,84 @@ impl Stack {
             }
         };
         let nats_ports = [free_port(), free_port(), free_port()];
-        let env = vec![
+        let monitor_port = free_port();
+        // Two /24s of their own (compose's default networks come from the
+        // 172.17-31.0.0/16 pools in order; these sit at the end of the last).
+        let net = 100 + (std::process::id() % 70) * 2;
+        let control_net = format!("172.31.{net}");
+        let probe_net = format!("172.31.{}", net + 1);
+        let dir = tempfile::tempdir().unwrap();
+        let env_file = dir.path().join(".env");
+        let certs = dir.path().join("certs");
+        println!(
+            "{}",
+            switchyard(&["secrets", "--file", env_file.to_str().unwrap()])
+        );
+        println!(
+            "{}",
+            switchyard(&[
+                "certs",
+                "--dir",
+                certs.to_str().unwrap(),
+                "--name",
+                &format!("{probe_net}.10"),
+            ])
+        );
+        let secrets: BTreeMap<String, String> = std::fs::read_to_string(&env_file)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        assert!(secrets.contains_key("ROUTE_PASSWORD"), "{secrets:?}");
+        let mut env: Vec<(String, String)> = vec![
             ("PUBLISH_ADDR".into(), "127.0.0.1".into()),
             ("NATS_PORT".into(), nats_ports[0].to_string()),
             ("NATS2_PORT".into(), nats_ports[1].to_string()),
             ("NATS3_PORT".into(), nats_ports[2].to_string()),
-            ("NATS_MONITOR_PORT".into(), free_port().to_string()),
+            ("NATS_MONITOR_PORT".into(), monitor_port.to_string()),
             ("METRICS_PORT".into(), free_port().to_string()),
+            ("SWITCHYARD_CERTS_DIR".into(), certs.display().to_string()),
+            ("CONTROL_NET".into(), control_net.clone()),
         ];
+        env.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
         Stack {
             project: format!("sytest{}", std::process::id()),
             compose,
             env,
             nats_ports,
+            monitor_port,
             probe_network: None,
+            extra_containers: Vec::new(),
+            secrets,
+            ca: certs.join("ca.pem"),
+            control_net,
+            probe_net,
+            dir,
         }
+    }
+
+    /// `user`'s password from the stack's secrets.
+    fn password(&self, user: &str) -> String {
+        self.secrets[&format!("{}_PASSWORD", user.to_uppercase())].clone()
+    }
+
+    /// Connects as `user` over TLS, recording the server's refusals
+    /// ([`testkit::refusals::watch`]).
+    async fn watched(&self, user: &str) -> testkit::refusals::Watched {
+        let options = ConnectOptions::with_user_and_password(user.into(), self.password(user))
+            .add_root_certificates(self.ca.clone())
+            .require_tls(true)
+            .custom_inbox_prefix(subjects::inbox_prefix(user))
+            .connection_timeout(Duration::from_secs(2));
+        testkit::refusals::watch(user, options, self.urls())
+            .await
+            .unwrap()
+    }
+
+    /// Connects as `user` over TLS (see [`connect`]).
+    async fn connect(&self, urls: Vec<String>, user: &str) -> (Client, Arc<Mutex<Vec<String>>>) {
+        connect(urls, (user, &self.password(user)), &self.ca).await
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -206,6 +307,11 @@ impl Stack {
     }
 
     fn down(&mut self) -> Output {
+        for name in std::mem::take(&mut self.extra_containers) {
+            let mut cmd = Command::new("docker");
+            cmd.args(["rm", "-f", "-v", &name]);
+            let _ = run_bounded(cmd, Duration::from_secs(60));
+        }
         if let Some(net) = self.probe_network.take() {
             let mut cmd = Command::new("docker");
             cmd.args(["network", "rm", &net]);
@@ -236,15 +342,18 @@ impl Drop for Stack {
     }
 }
 
-/// Connects with fast reconnects; server errors (permission violations) go
-/// to the returned list.
+/// Connects over TLS (trusting `ca`) with fast reconnects; server errors
+/// (permission violations) go to the returned list.
 async fn connect(
     urls: Vec<String>,
     (user, password): (&str, &str),
+    ca: &Path,
 ) -> (Client, Arc<Mutex<Vec<String>>>) {
     let errors = Arc::new(Mutex::new(Vec::new()));
     let seen = errors.clone();
     let client = ConnectOptions::with_user_and_password(user.into(), password.into())
+        .add_root_certificates(ca.to_path_buf())
+        .require_tls(true)
         // Each user may read only its own inboxes (protocol::accounts).
         .custom_inbox_prefix(subjects::inbox_prefix(user))
         .name("compose-test")
@@ -491,6 +600,469 @@ async fn payments_replicas(sys: &Client) -> Vec<Replica> {
     out
 }
 
+/// Prints an attack row's outcome; fails the test when it was let through.
+fn attack_row(row: &str, outcome: Result<String, String>) {
+    match outcome {
+        Ok(how) => println!("ATTACK {row} refused: {how}"),
+        Err(what) => panic!("ATTACK {row} NOT refused: {what}"),
+    }
+}
+
+/// A connection attempt that must fail: `Ok(error)` when it did.
+async fn connect_refused(opts: ConnectOptions, urls: &[String]) -> Result<String, String> {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        opts.connection_timeout(Duration::from_secs(3))
+            .connect(urls.to_vec()),
+    )
+    .await
+    {
+        Ok(Err(e)) => Ok(format!("{e}")),
+        Ok(Ok(c)) => Err(format!("connected to {}", c.server_info().server_name)),
+        Err(_) => Ok("no connection within 10 s".into()),
+    }
+}
+
+/// The right password over plaintext: INFO, then `CONNECT` + `PING` without
+/// TLS. Refused when no `PONG` comes back.
+async fn plaintext_refused(port: u16, user: &str, password: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("no TCP connection at all ({e}): not a TLS check"))?;
+    let mut info = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut info))
+        .await
+        .map_err(|_| "no INFO".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let info = String::from_utf8_lossy(&info[..n]).to_string();
+    if !info.contains("\"tls_required\":true") {
+        return Err(format!("INFO does not require TLS: {info}"));
+    }
+    let connect = json!({"user": user, "pass": password, "verbose": false, "pedantic": false, "tls_required": false, "protocol": 1});
+    tcp.write_all(format!("CONNECT {connect}\r\nPING\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answer)
+        .replace(|c: char| c.is_control(), " ")
+        .trim()
+        .to_owned();
+    if text.contains("PONG") || text.contains("+OK") {
+        return Err(format!("the server answered {text:?}"));
+    }
+    Ok(format!(
+        "the server {} after the plaintext CONNECT with the right password (got {} bytes{})",
+        if read.is_ok() {
+            "closed the connection"
+        } else {
+            "said nothing for 5 s"
+        },
+        answer.len(),
+        if text.is_empty() {
+            String::new()
+        } else {
+            format!(": {text:?}")
+        }
+    ))
+}
+
+impl Stack {
+    /// Starts a nats-server (the offline NATS image) on the stack's network
+    /// whose only route is `route_url`, with `certs_from`'s certificate on
+    /// its routes, an `APP` account of its own (user `spy`) and its client
+    /// port published on the host. Returns (container name, host port).
+    fn rogue(&mut self, case: &str, route_url: &str, certs_from: &Path) -> (String, u16) {
+        let dir = self.dir.path().join(format!("rogue-{case}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (from, to) in [
+            ("nats.pem", "cert.pem"),
+            ("nats-key.pem", "key.pem"),
+            ("ca.pem", "ca.pem"),
+        ] {
+            std::fs::copy(certs_from.join(from), dir.join(to)).unwrap();
+        }
+        std::fs::write(
+            dir.join("rogue.conf"),
+            format!(
+                "server_name: rogue-{case}\nlisten: 0.0.0.0:4222\n\
+                 accounts {{ APP {{ users: [ {{ user: spy, password: spy-password-1 }} ] }}, SYS {{ }} }}\n\
+                 system_account: SYS\n\
+                 cluster {{\n  name: switchyard\n  listen: 0.0.0.0:6222\n\
+                 tls {{ cert_file: /etc/nats/cert.pem, key_file: /etc/nats/key.pem, ca_file: /etc/nats/ca.pem, verify: true, timeout: 2 }}\n\
+                 routes: [ \"{route_url}\" ]\n}}\n"
+            ),
+        )
+        .unwrap();
+        let name = format!("{}_rogue_{case}", self.project);
+        let port = free_port();
+        let image = std::env::var("NATS_IMAGE").unwrap_or_else(|_| "nats:2.15.1".into());
+        self.extra_containers.push(name.clone());
+        docker(
+            &[
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--network",
+                &format!("{}_default", self.project),
+                "-p",
+                &format!("127.0.0.1:{port}:4222"),
+                "-v",
+                &format!("{}:/etc/nats:ro", dir.display()),
+                &image,
+                "--config",
+                "/etc/nats/rogue.conf",
+            ],
+            Duration::from_secs(60),
+        );
+        (name, port)
+    }
+
+    fn remove_container(&mut self, name: &str) {
+        docker(&["rm", "-f", "-v", name], Duration::from_secs(60));
+        self.extra_containers.retain(|n| n != name);
+    }
+}
+
+/// The cluster's servers as `sys` sees them (`$SYS.REQ.SERVER.PING`).
+async fn cluster_servers(sys: &Client) -> Vec<String> {
+    let mut names: Vec<String> = gather(
+        sys,
+        "$SYS.REQ.SERVER.PING",
+        json!({}),
+        Duration::from_secs(1),
+    )
+    .await
+    .iter()
+    .filter_map(|r| r["server"]["name"].as_str().map(str::to_owned))
+    .collect();
+    names.sort();
+    names
+}
+
+/// What a rogue server achieved (see [`rogue_attempt`]).
+#[derive(Debug)]
+struct RogueOutcome {
+    /// The cluster's servers as `sys` sees them meanwhile.
+    servers: Vec<String>,
+    /// The first message the rogue's `>` subscriber received, if any.
+    spied: Option<String>,
+    /// What nats1 logged about the rogue's address, else the rogue's log.
+    reason: String,
+}
+
+impl RogueOutcome {
+    /// Refused: still exactly nats1..3, and the rogue heard nothing.
+    fn refused(&self) -> Result<String, String> {
+        if self.servers != ["nats1", "nats2", "nats3"] || self.spied.is_some() {
+            return Err(format!("{self:?}"));
+        }
+        Ok(format!(
+            "cluster still {:?}, the rogue's `>` got nothing of 5 messages the cluster delivered; {}",
+            self.servers, self.reason
+        ))
+    }
+}
+
+/// A rogue server (see [`Stack::rogue`]) tries to route into nats1. `client`
+/// publishes 5 messages on a subject the rogue's own subscriber listens to
+/// (`>`) and a subscriber on the real cluster (`math`, which may subscribe
+/// `$SRV.>`) too; the subject is one no service and no stream listens to.
+/// When `joins`, waits (bounded) for the rogue to appear first: the control
+/// run that shows these checks see a server that does get in.
+async fn rogue_attempt(
+    stack: &mut Stack,
+    client: &Client,
+    sys: &Client,
+    case: &str,
+    route_url: &str,
+    certs_from: &Path,
+    joins: bool,
+) -> RogueOutcome {
+    let (name, port) = stack.rogue(case, route_url, certs_from);
+    let spy = wait_for_rogue(port).await.unwrap();
+    let mut spied = spy.subscribe(">").await.unwrap();
+    spy.flush().await.unwrap();
+    let subject = format!("$SRV.compose-attack.{case}");
+    let (math, _) = stack.connect(stack.urls(), MATH).await;
+    let mut control = math.subscribe(subject.clone()).await.unwrap();
+    math.flush().await.unwrap();
+    if joins {
+        let rogue = format!("rogue-{case}");
+        wait_until("the rogue joins", Duration::from_secs(30), || {
+            let sys = sys.clone();
+            let rogue = rogue.clone();
+            async move {
+                let servers = cluster_servers(&sys).await;
+                if servers.contains(&rogue) {
+                    Ok(())
+                } else {
+                    Err(format!("{servers:?}"))
+                }
+            }
+        })
+        .await;
+        // Interest crosses the new route.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    } else {
+        // The rogue dials nats1 about once a second: several tries.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    for i in 0..5 {
+        client
+            .publish(subject.clone(), format!("secret {i}").into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), control.next()).await;
+    assert!(
+        matches!(seen, Ok(Some(_))),
+        "the control subscriber on the cluster got nothing: the check would prove nothing"
+    );
+    // Everything the rogue's `>` got within 3 s; ours first when it is there.
+    let mut heard = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some(m) = spied.next().await {
+            heard.push(m);
+        }
+    })
+    .await;
+    let spied = heard
+        .iter()
+        .find(|m| m.subject.as_str() == subject)
+        .or(heard.first())
+        .map(|m| {
+            format!(
+                "{:?} on {} ({} messages in all)",
+                m.payload,
+                m.subject,
+                heard.len()
+            )
+        });
+    let servers = cluster_servers(sys).await;
+    let ip = docker(
+        &[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &name,
+        ],
+        Duration::from_secs(30),
+    );
+    let text = |out: Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let nats1 = text(run_bounded(
+        stack.command(&["logs", "--no-color", "--tail", "300", "nats1"]),
+        Duration::from_secs(30),
+    ));
+    let rogue_log = {
+        let mut cmd = Command::new("docker");
+        cmd.args(["logs", "--tail", "200", &name]);
+        text(run_bounded(cmd, Duration::from_secs(30)))
+    };
+    let last = |log: &str, want: &dyn Fn(&str) -> bool| {
+        log.lines()
+            .rev()
+            .find(|l| want(l))
+            .map(|l| l.split_once("] ").map_or(l, |(_, r)| r).trim().to_owned())
+    };
+    let from_rogue = format!("{ip}:");
+    let reason = match last(&nats1, &|l: &str| {
+        l.contains(&from_rogue) && (l.contains("[ERR]") || l.contains("closed"))
+    }) {
+        Some(l) => format!("nats1 logged: {l}"),
+        None => format!(
+            "rogue logged: {}",
+            last(&rogue_log, &|l: &str| l.contains("[ERR]")
+                || l.contains("closed"))
+            .unwrap_or_else(|| "no route error".into())
+        ),
+    };
+    drop((spy, control, math));
+    stack.remove_container(&name);
+    RogueOutcome {
+        servers,
+        spied,
+        reason,
+    }
+}
+
+async fn wait_for_rogue(port: u16) -> Result<Client, String> {
+    let started = Instant::now();
+    loop {
+        match ConnectOptions::with_user_and_password("spy".into(), "spy-password-1".into())
+            .connection_timeout(Duration::from_secs(2))
+            .connect(format!("nats://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(c) => return Ok(c),
+            Err(e) if started.elapsed() > Duration::from_secs(30) => {
+                return Err(format!("the rogue server did not start: {e}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// Monitoring from the services' network: a probe container (`switchyard
+/// probe-tcp` in the offline CLI image) on `<project>_default` reaches
+/// nats1's client port (the probe works) but not its monitoring port, by
+/// name or at its `control` address; the host reaches `/varz`.
+async fn monitoring_refused(stack: &Stack) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut http = tokio::net::TcpStream::connect(("127.0.0.1", stack.monitor_port))
+        .await
+        .map_err(|e| {
+            format!("the host cannot reach monitoring either ({e}): the check proves nothing")
+        })?;
+    http.write_all(b"GET /varz HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), http.read_to_string(&mut body)).await;
+    if !body.contains("server_id") {
+        return Err(format!("the host got no /varz: {body:.200}"));
+    }
+    let tag = std::env::var("SWITCHYARD_TAG").unwrap_or_else(|_| "dev".into());
+    let control = format!("{}.11:8222", stack.control_net);
+    let mut cmd = Command::new("docker");
+    cmd.args([
+        "run",
+        "--rm",
+        "--network",
+        &format!("{}_default", stack.project),
+        &format!("switchyard/cli:{tag}"),
+        "probe-tcp",
+        "--timeout-ms",
+        "3000",
+        "nats1:4222",
+        "nats1:8222",
+        "nats2:8222",
+        &control,
+    ]);
+    let out = run_bounded(cmd, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        return Err(format!(
+            "probe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    if !lines.contains(&"nats1:4222 open") {
+        return Err(format!(
+            "the probe cannot reach nats1:4222, so it proves nothing: {text}"
+        ));
+    }
+    if let Some(open) = lines
+        .iter()
+        .find(|l| l.contains("8222") && l.ends_with(" open"))
+    {
+        return Err(format!("reachable from the services' network: {open}"));
+    }
+    Ok(format!(
+        "host /varz answered; from {}_default: {}",
+        stack.project,
+        lines.join("; ")
+    ))
+}
+
+/// The transport attacks against the running stack (docs/SECURITY.md).
+async fn transport_attacks(stack: &mut Stack, client: &Client, sys: &Client) -> usize {
+    let urls = stack.urls();
+    let ca = stack.ca.clone();
+    let tls = || {
+        ConnectOptions::new()
+            .add_root_certificates(ca.clone())
+            .require_tls(true)
+    };
+    let mut rows = 0;
+
+    attack_row(
+        "unauthenticated connect",
+        connect_refused(tls(), &urls).await,
+    );
+    rows += 1;
+    attack_row(
+        "wrong password (client)",
+        connect_refused(
+            ConnectOptions::with_user_and_password(CLIENT.into(), "not-the-password-1".into())
+                .add_root_certificates(ca.clone())
+                .require_tls(true),
+            &urls,
+        )
+        .await,
+    );
+    rows += 1;
+    attack_row(
+        "plaintext connect with the right password",
+        plaintext_refused(stack.nats_ports[0], CLIENT, &stack.password(CLIENT)).await,
+    );
+    rows += 1;
+    attack_row(
+        "TLS with an untrusted CA (the client does not trust a foreign server)",
+        {
+            let other = stack.dir.path().join("other-ca");
+            switchyard(&["certs", "--dir", other.to_str().unwrap()]);
+            connect_refused(
+                ConnectOptions::with_user_and_password(CLIENT.into(), stack.password(CLIENT))
+                    .add_root_certificates(other.join("ca.pem"))
+                    .require_tls(true),
+                &urls,
+            )
+            .await
+        },
+    );
+    rows += 1;
+
+    let certs = stack.ca.parent().unwrap().to_path_buf();
+    let other = stack.dir.path().join("other-ca");
+    attack_row(
+        "rogue server routes in without route credentials (valid certificate)",
+        rogue_attempt(
+            stack,
+            client,
+            sys,
+            "nocreds",
+            "nats-route://nats1:6222",
+            &certs,
+            false,
+        )
+        .await
+        .refused(),
+    );
+    rows += 1;
+    let with_password = format!("nats-route://route:{}@nats1:6222", stack.password("route"));
+    attack_row(
+        "rogue server routes in with the route password but a certificate of another CA",
+        rogue_attempt(stack, client, sys, "badcert", &with_password, &other, false)
+            .await
+            .refused(),
+    );
+    rows += 1;
+    attack_row(
+        "monitoring port from the services' network",
+        monitoring_refused(stack).await,
+    );
+    rows += 1;
+    rows
+}
+
 /// Waits until every service answers `$SRV.PING`.
 async fn wait_all_services(client: &Client, what: &str, limit: Duration) -> Duration {
     let all: BTreeSet<String> = names::services::ALL
@@ -594,7 +1166,7 @@ async fn compose_stack_survives_node_loss_partitions_and_crashes() {
     // 1. Up, healthy, math and a payment from the host.
     let started = Instant::now();
     stack.compose(&["up", "-d", "--no-build"], Duration::from_secs(180));
-    let (client, _) = connect(stack.urls(), CLIENT).await;
+    let (client, _) = stack.connect(stack.urls(), CLIENT).await;
     wait_all_services(
         &client,
         "all six services answer $SRV.PING",
@@ -610,7 +1182,7 @@ async fn compose_stack_survives_node_loss_partitions_and_crashes() {
     println!("healthy (all $SRV.PING, math, a payment) {healthy:?} after `up`");
 
     // 2. Least privilege: math's user may not call the payment service.
-    let (math_user, violations) = connect(stack.urls(), MATH).await;
+    let (math_user, violations) = stack.connect(stack.urls(), MATH).await;
     let refused = math_user
         .request(
             subjects::PAYMENT_STATUS,
@@ -643,8 +1215,31 @@ async fn compose_stack_survives_node_loss_partitions_and_crashes() {
     drop(math_user);
     println!("math user refused on {}", subjects::PAYMENT_STATUS);
 
+    // 2a. The least-privilege rows on the real stack, the same rows as the
+    // testkit suite (`testkit::attacks`): every service user, then client.
+    let rows_started = Instant::now();
+    let users = protocol::accounts::users();
+    for user in &users {
+        let w = stack.watched(user.name).await;
+        testkit::attacks::service_user(&w, user, &users).await;
+    }
+    testkit::attacks::client(&stack.watched(CLIENT).await).await;
+    println!(
+        "least-privilege rows: {} service users and client refused in {:?}",
+        users.len(),
+        rows_started.elapsed()
+    );
+
     // 3. Stop nats1, then the node math-service is on, each under load.
-    let (sys, _) = connect(stack.urls(), SYS).await;
+    let (sys, _) = stack.connect(stack.urls(), SYS).await;
+
+    // 2b. Transport: TLS, passwords, route authorization, monitoring exposure.
+    let attacks = Instant::now();
+    let rows = transport_attacks(&mut stack, &client, &sys).await;
+    println!(
+        "{rows} transport attack rows refused in {:?}",
+        attacks.elapsed()
+    );
     let math_on = servers_of(&sys, names::services::MATH).await;
     println!("math-service connected to {math_on:?}");
     for round in 0..2 {
@@ -712,22 +1307,31 @@ async fn compose_stack_survives_node_loss_partitions_and_crashes() {
     //    math keeps answering while services on the cut node move over).
     let math_now = servers_of(&sys, names::services::MATH).await;
     println!("math-service now on {math_now:?}");
-    let target = ["nats3", "nats2", "nats1"]
+    // Not nats1: its published ports go through the `control` network
+    // (docker-compose.yml), so the host would still reach it when cut off.
+    let target = ["nats3", "nats2"]
         .into_iter()
         .find(|n| !math_now.iter().any(|m| m == n))
         .unwrap();
     let default_net = format!("{}_default", stack.project);
     let probe = format!("{}_probe", stack.project);
-    docker(&["network", "create", &probe], Duration::from_secs(30));
-    stack.probe_network = Some(probe.clone());
-    let cut_off = stack.container(target);
     docker(
-        &["network", "connect", &probe, &cut_off],
+        &[
+            "network",
+            "create",
+            "--subnet",
+            &format!("{}.0/24", stack.probe_net),
+            &probe,
+        ],
         Duration::from_secs(30),
     );
-    let probe_ip = stack.inspect(
-        target,
-        &format!("{{{{(index .NetworkSettings.Networks \"{probe}\").IPAddress}}}}"),
+    stack.probe_network = Some(probe.clone());
+    let cut_off = stack.container(target);
+    // A fixed address the node certificate names (`switchyard certs --name`).
+    let probe_ip = format!("{}.10", stack.probe_net);
+    docker(
+        &["network", "connect", "--ip", &probe_ip, &probe, &cut_off],
+        Duration::from_secs(30),
     );
     let load = Load::start(&client, "partition");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -738,7 +1342,9 @@ async fn compose_stack_survives_node_loss_partitions_and_crashes() {
     let cut = Instant::now();
     println!("{target} cut off (reachable only at {probe_ip} on {probe})");
     // A client that can reach only the cut-off node: its writes are never acked.
-    let (minority, _) = connect(vec![format!("nats://{probe_ip}:4222")], CLIENT).await;
+    let (minority, _) = stack
+        .connect(vec![format!("nats://{probe_ip}:4222")], CLIENT)
+        .await;
     let minority_js = async_nats::jetstream::new(minority.clone());
     for _ in 0..3 {
         let ack = tokio::time::timeout(Duration::from_secs(3), async {
@@ -845,14 +1451,69 @@ async fn compose_stack_survives_node_loss_partitions_and_crashes() {
     // 6. Nothing acked was lost; each was charged once.
     wait_all_completed(&client, &acked, Duration::from_secs(120)).await;
     // Reading EVENTS through a consumer is an admin's right.
-    let (admin, _) = connect(stack.urls(), ADMIN).await;
-    let events = completed_events(&async_nats::jetstream::new(admin)).await;
-    for id in &acked {
-        assert_eq!(events.get(id), Some(&1), "completed events of {id}");
+    let (admin, _) = stack.connect(stack.urls(), ADMIN).await;
+    let admin_js = async_nats::jetstream::new(admin);
+    // A processor killed between recording `completed` and publishing the
+    // event publishes it when the payment is redelivered, after the
+    // consumer's ack wait (30 s): wait for that (bounded), never for a second.
+    let events_started = Instant::now();
+    let mut first_missing = None;
+    loop {
+        let events = completed_events(&admin_js).await;
+        for id in &acked {
+            assert!(
+                events.get(id).is_none_or(|n| *n == 1),
+                "completed events of {id}: {:?}",
+                events.get(id)
+            );
+        }
+        let missing: Vec<&String> = acked
+            .iter()
+            .filter(|id| !events.contains_key(*id))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        first_missing.get_or_insert(missing.len());
+        assert!(
+            events_started.elapsed() < Duration::from_secs(90),
+            "no completed event for {} completed payments within 90 s, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     println!(
-        "all {} acked payments completed, one completed event each",
-        acked.len()
+        "all {} acked payments completed, one completed event each{}",
+        acked.len(),
+        first_missing.map_or(String::new(), |n| format!(
+            " ({n} event(s) came on redelivery, {:?} after the payments were completed)",
+            events_started.elapsed()
+        ))
+    );
+
+    // 7. The control of the rogue rows: with the route password and the
+    //    node certificate a server does get in, and the same checks see it.
+    let certs = stack.ca.parent().unwrap().to_path_buf();
+    let with_password = format!("nats-route://route:{}@nats1:6222", stack.password("route"));
+    let joined = rogue_attempt(
+        &mut stack,
+        &client,
+        &sys,
+        "control",
+        &with_password,
+        &certs,
+        true,
+    )
+    .await;
+    assert!(
+        joined.refused().is_err() && joined.spied.is_some(),
+        "a server with the route password and certificate did not get in: {joined:?}"
+    );
+    println!(
+        "CONTROL a server with the route password and the node certificate joins: servers {:?}, its `>` received {}",
+        joined.servers,
+        joined.spied.as_deref().unwrap_or("-")
     );
 
     drop((client, sys));

@@ -6,6 +6,7 @@ import asyncio
 import datetime as _dt
 import json
 import os
+import ssl
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -77,6 +78,21 @@ def _user_of(servers: Iterable[str], options: dict) -> Optional[str]:
 
 
 
+TLS_CA_FILE_ENV = "SWITCHYARD__NATS__TLS_CA_FILE"
+
+
+def tls_context(ca_file: Optional[str] = None) -> Optional[ssl.SSLContext]:
+    """A TLS context trusting ``ca_file`` (the ``ca.pem`` of ``switchyard certs``),
+    or the file named by ``SWITCHYARD__NATS__TLS_CA_FILE`` (the setting the Rust
+    services and CLI read); None when neither is set."""
+    ca_file = ca_file or os.environ.get(TLS_CA_FILE_ENV) or None
+    if not ca_file:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 def _rfc3339(value: Union[str, _dt.datetime, None]) -> Optional[str]:
     if value is None or isinstance(value, str):
         return value
@@ -103,7 +119,8 @@ class Switchyard:
 
     @classmethod
     async def connect(cls, servers: Optional[Iterable[str]] = None, *, timeout: float = 5.0, role: str = "client",
-                      secrets: Union[str, os.PathLike, None] = None, **options: Any) -> "Switchyard":
+                      secrets: Union[str, os.PathLike, None] = None, tls_ca_file: Optional[str] = None,
+                      **options: Any) -> "Switchyard":
         """Connects to the given servers (a list: pass every cluster node).
 
         Credentials: ``user=``/``password=`` (or ``user:pass@`` in a URL) are
@@ -113,9 +130,16 @@ class Switchyard:
         ``switchyard secrets`` / ``switchyard up`` / ``just docker-up`` write:
         ``secrets=``, else ``$SWITCHYARD_SECRETS``, else ``./.env``. With no
         such file, no credentials (a cluster without accounts).
-        """
+
+        ``tls_ca_file`` (default: ``$SWITCHYARD__NATS__TLS_CA_FILE``) makes the
+        connection TLS, trusting that CA (the compose stack requires TLS); a
+        ``tls=`` SSLContext passed through ``options`` wins."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+        if "tls" not in options:
+            ctx = tls_context(tls_ca_file)
+            if ctx is not None:
+                options["tls"] = ctx
         options.setdefault("name", "switchyard-python")
         options.setdefault("max_reconnect_attempts", -1)
         options.setdefault("reconnect_time_wait", 0.25)
