@@ -304,6 +304,22 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
         "maintenance: off",
         "{out:?}"
     );
+    // Provisioning again (as admin, from the secrets file) is idempotent.
+    let out = sy(&secrets)
+        .args([
+            "provision",
+            "--only",
+            "math,payment-processor",
+            "--servers",
+            &servers,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "provisioned math, payment-processor as admin",
+        "{out:?}"
+    );
     // Without the secrets file there are no credentials: refused.
     let out = Command::new(SWITCHYARD)
         .args(["math", "add", "1", "1", "--servers", &servers])
