@@ -9,7 +9,8 @@ pub struct EmailRequest {
     /// One address (`a@b.example`, or `Name <a@b.example>`).
     pub to: String,
     pub subject: String,
-    /// Plain text.
+    /// Plain text; optional (a mail with an empty body).
+    #[serde(default)]
     pub body: String,
     /// RFC 3339; in the future, the mail waits (durably) until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -84,7 +84,25 @@ pub struct OperandsRequest {
 /// Reply of every math endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CalculateReply {
+    /// A whole number within ±2^53 is written as a JSON integer (`15`), any
+    /// other result as a float (`2.5`, `1e300`), so typed decoders that
+    /// want an integer for a whole result get one.
+    #[serde(serialize_with = "whole_as_integer")]
     pub result: f64,
+}
+
+/// The largest magnitude at which every whole f64 is exactly an integer.
+pub const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0; // 2^53
+
+/// `x` as a JSON integer when it is whole and within ±2^53, else as a float.
+pub fn whole_as_integer<S: serde::Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if x.is_finite() && x.fract() == 0.0 && x.abs() <= MAX_EXACT_INTEGER {
+        // Exact: |x| <= 2^53 fits i64 and the cast loses nothing (and -0.0 is 0).
+        #[allow(clippy::cast_possible_truncation, reason = "whole and within ±2^53")]
+        s.serialize_i64(*x as i64)
+    } else {
+        s.serialize_f64(*x)
+    }
 }
 
 #[cfg(test)]
@@ -130,10 +148,22 @@ mod tests {
     #[test]
     fn reply_shape() {
         let reply = CalculateReply { result: 5.0 };
-        assert_eq!(
-            serde_json::to_value(&reply).unwrap(),
-            json!({"result": 5.0})
-        );
+        assert_eq!(serde_json::to_string(&reply).unwrap(), r#"{"result":5}"#);
+        for (x, text) in [
+            (15.0, "15"),
+            (-3.0, "-3"),
+            (-0.0, "0"),
+            (2.5, "2.5"),
+            (MAX_EXACT_INTEGER, "9007199254740992"),
+            (-MAX_EXACT_INTEGER, "-9007199254740992"),
+            (MAX_EXACT_INTEGER * 2.0, "1.8014398509481984e+16"),
+            (1e300, "1e+300"),
+        ] {
+            let json = serde_json::to_string(&CalculateReply { result: x }).unwrap();
+            assert_eq!(json, format!(r#"{{"result":{text}}}"#), "{x}");
+            let back: CalculateReply = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.result, x, "{json}");
+        }
         assert_eq!(
             serde_json::from_value::<CalculateReply>(json!({"result": 5})).unwrap(),
             reply

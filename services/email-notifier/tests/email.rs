@@ -164,6 +164,31 @@ async fn queue_group_idempotency_parsing_bad_input_and_receipts() {
     );
     assert_eq!(parsed.get_body().unwrap().trim(), "Hi");
 
+    // Seed 001 sends no body: accepted, sent with an empty one.
+    let bodiless = send(
+        &client,
+        json!({"to": "user@example.com", "subject": "Hello"}),
+    )
+    .await;
+    let sent = testkit::eventually(
+        "the bodiless mail was sent",
+        Duration::from_secs(10),
+        || async {
+            [eml(out_a, &bodiless.id), eml(out_b, &bodiless.id)]
+                .into_iter()
+                .find(|p| p.is_file())
+                .ok_or("not in either outbox")
+        },
+    )
+    .await;
+    let raw = std::fs::read(&sent).unwrap();
+    let parsed = mailparse::parse_mail(&raw).unwrap();
+    assert_eq!(
+        parsed.headers.get_first_value("Subject").as_deref(),
+        Some("Hello")
+    );
+    assert_eq!(parsed.get_body().unwrap().trim(), "");
+
     // Idempotency: the same key sends once and answers the same id.
     let first = send(
         &client,

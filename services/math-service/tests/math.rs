@@ -105,6 +105,23 @@ async fn every_operation_and_every_error() {
     let client = cluster.client().await.unwrap();
     let calc = subjects::MATH_CALCULATE;
 
+    // Seed 001's call, byte for byte: a whole result is a JSON integer.
+    for (body, want) in [
+        (
+            r#"{"operation": "add", "a": 10, "b": 5}"#,
+            r#"{"result":15}"#,
+        ),
+        (
+            r#"{"operation": "divide", "a": 7, "b": 2}"#,
+            r#"{"result":3.5}"#,
+        ),
+    ] {
+        let reply = request_raw(&client, calc, None, body.into(), TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&reply.payload), want, "{body}");
+    }
+
     for (op, a, b, want) in [
         ("add", 2.0, Some(3.0), 5.0),
         ("subtract", 2.0, Some(3.0), -1.0),
