@@ -10,16 +10,53 @@ use std::fmt;
 pub struct PaymentRequest {
     /// 1 to 128 characters of `A-Z a-z 0-9 _ -`; also the KV key.
     pub payment_id: String,
+    /// Who pays; optional (empty).
+    #[serde(default)]
     pub user_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription_id: Option<String>,
-    /// A positive decimal string such as `"99.99"`.
+    /// A positive decimal: a string such as `"99.99"`, or a JSON number
+    /// (`99.99`), taken as its exact text, never through a float
+    /// ([`amount_text`]). At most as many decimals as the currency has
+    /// (2 for USD, 0 for JPY; trailing zeros do not count).
+    #[serde(deserialize_with = "amount_text")]
+    #[schemars(with = "AmountSchema")]
     pub amount: String,
-    /// An ISO 4217 code from the processor's configured list.
+    /// An ISO 4217 code from the processor's configured list; optional
+    /// (the processor's `payments.default_currency`, USD).
+    #[serde(default)]
     pub currency: String,
     /// Where the receipt goes; no email, no receipt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+}
+
+/// What the schema says of `amount`: a decimal string or a JSON number.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code, reason = "only its schema is used")]
+enum AmountSchema {
+    Text(String),
+    Number(f64),
+}
+
+/// `amount` as text: a JSON string as it is, a JSON number as the exact
+/// characters of its literal (`99.99` stays `99.99`, `0.1` stays `0.1`,
+/// `1e2` stays `1e2` for the rules to read exactly). Read through
+/// serde_json's `RawValue`, so it needs a serde_json deserializer over the
+/// message bytes (`from_slice`, `from_str`), which is how every payment is
+/// read.
+pub fn amount_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    use serde::de::Error as _;
+    let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
+    let text = raw.get().trim();
+    match text.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(text).map_err(D::Error::custom),
+        Some(b'-' | b'0'..=b'9') => Ok(text.to_owned()),
+        _ => Err(D::Error::custom(format!(
+            "amount must be a decimal string or a JSON number, not {text}"
+        ))),
+    }
 }
 
 /// Whether `id` can be a payment id (and so a KV key and a Msg-Id prefix).

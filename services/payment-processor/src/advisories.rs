@@ -154,7 +154,7 @@ async fn sweep_once(ctx: &Processor, stop: &CancellationToken) -> anyhow::Result
             // Newer messages are newer still.
             break;
         }
-        let Ok((req, _)) = crate::rules::decode(&message.payload) else {
+        let Ok((req, _)) = ctx.rules.decode(&message.payload) else {
             // Never decoded: the advisory or a delivery will DLQ it.
             continue;
         };

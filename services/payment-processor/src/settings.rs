@@ -16,6 +16,8 @@ pub struct PaymentSettings {
     pub limit: String,
     /// Accepted currency codes.
     pub currencies: Vec<String>,
+    /// The currency of a payment that names none (one of `currencies`).
+    pub default_currency: String,
     /// Gateway attempts per payment (and per replay). The attempt after the
     /// last does no work: the payment is failed (after voiding its key at
     /// the gateway) and dead-lettered.
@@ -60,6 +62,7 @@ impl Default for PaymentSettings {
             currencies: ["USD", "EUR", "GBP", "JPY", "CHF"]
                 .map(String::from)
                 .to_vec(),
+            default_currency: "USD".into(),
             max_attempts: 3,
             max_deliver: 10,
             ack_wait_ms: 30_000,
@@ -82,9 +85,16 @@ impl PaymentSettings {
             .with_context(|| format!("payments.limit {:?} is not a decimal", self.limit))?;
         anyhow::ensure!(limit > Decimal::ZERO, "payments.limit must be positive");
         anyhow::ensure!(!self.currencies.is_empty(), "payments.currencies is empty");
+        anyhow::ensure!(
+            self.currencies.contains(&self.default_currency),
+            "payments.default_currency {:?} is not one of payments.currencies ({})",
+            self.default_currency,
+            self.currencies.join(", ")
+        );
         Ok(rules::Rules {
             limit,
             currencies: self.currencies.clone(),
+            default_currency: self.default_currency.clone(),
         })
     }
 

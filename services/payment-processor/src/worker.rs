@@ -99,7 +99,7 @@ pub(crate) async fn settle(
     delivery: &Delivery<'_>,
     give_up: Option<&str>,
 ) -> anyhow::Result<Outcome> {
-    let (req, amount) = match rules::decode(delivery.body) {
+    let (req, amount) = match ctx.rules.decode(delivery.body) {
         Ok(decoded) => decoded,
         Err(rules::Invalid(why)) => {
             invalid(ctx, delivery, &why).await?;

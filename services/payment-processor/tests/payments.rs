@@ -238,6 +238,60 @@ async fn happy_path_duplicates_rules_invalid_messages_and_bad_input() {
     let failed_events = count_by_id(&events(&js, "failed").await);
     assert_eq!(failed_events.get("rule-limit"), Some(&1));
 
+    // Seed 001's payment as written (a JSON number amount, no user, no
+    // currency) completes: the exact amount, the default currency.
+    let seed_id = "seed-pay-001";
+    runtime::js::publish_durable(
+        &js,
+        subjects::PAYMENT_PROCESS,
+        seed_id,
+        None,
+        format!(r#"{{"payment_id": "{seed_id}", "amount": 99.99}}"#)
+            .into_bytes()
+            .into(),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let seed = wait_status(
+        &client,
+        seed_id,
+        PaymentStatus::Completed,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(
+        (seed.amount.as_str(), seed.currency.as_str()),
+        ("99.99", "USD")
+    );
+    // More decimals than the currency has: failed with the reason.
+    runtime::js::publish_durable(
+        &js,
+        subjects::PAYMENT_PROCESS,
+        "seed-pay-precise",
+        None,
+        br#"{"payment_id": "seed-pay-precise", "amount": 0.125}"#
+            .to_vec()
+            .into(),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let precise = wait_status(
+        &client,
+        "seed-pay-precise",
+        PaymentStatus::Failed,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(
+        precise
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("more decimals than USD allows (2)")),
+        "{precise:?}"
+    );
+
     // Malformed messages: to the DLQ, body untouched, reason invalid_message.
     let garbage: [&[u8]; 3] = [
         b"not json at all",
