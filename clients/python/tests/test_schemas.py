@@ -25,8 +25,11 @@ def test_requests_the_client_builds():
     valid("math.calculate.request", MathClient.calculate_request("sqrt", 9))
     valid("email.request", EmailClient.send_request("a@b.example", "s", "b", "2026-12-01T09:00:00Z", "k"))
     valid("payment.request", PaymentClient.payment_request("u", "9.99", email="a@b.example", subscription_id="s"))
-    with pytest.raises(jsonschema.ValidationError):
-        valid("payment.request", {"payment_id": "p", "amount": "1"})
+    valid("payment.request", {"payment_id": "pay-001", "amount": 99.99})  # seed 001, as written
+    valid("payment.request", PaymentClient.payment_request(None, 9.99, None, "pay-002"))
+    for bad in ({"payment_id": "p"}, {"payment_id": "p", "amount": True}, {"amount": "1"}):
+        with pytest.raises(jsonschema.ValidationError):
+            valid("payment.request", bad)
 
 
 async def test_replies_the_services_send(sy):

@@ -219,3 +219,40 @@ def test_every_error_code_has_a_class():
     listed = {v for one in enum.get("oneOf", []) for v in one.get("enum", [one.get("const")])} or set(enum.get("enum", []))
     assert listed and listed <= set(switchyard.BY_CODE), listed - set(switchyard.BY_CODE)
     assert issubclass(switchyard.Maintenance, ServiceError)
+
+
+async def test_seed_001_client_library_on_a_plain_connection(stack):
+    """Seed 001's library calls, on a plain nats-py connection."""
+    import nats
+
+    from switchyard import EmailClient, MathClient, PaymentClient, read_secrets
+
+    password = read_secrets(stack.dir / ".env")["CLIENT_PASSWORD"]
+    nc = await nats.connect(servers=stack.servers, user="client", password=password, inbox_prefix="_INBOX_client")
+    try:
+        math = MathClient(nc)
+        result = await math.add(10, 5)
+        assert result == 15 and isinstance(result, int)
+        assert await math.divide(7, 2) == 3.5
+        email = EmailClient(nc)
+        accepted = await email.send_email("user@example.com", "Subject", "Body")
+        assert accepted.accepted
+        assert (await email.send_email("user@example.com", "Hello")).accepted  # no body
+        payment = PaymentClient(nc)
+        pid = uid("seed-pay")
+        ack = await payment.submit_payment(pid, "user-123", "sub-monthly", 9.99)
+        assert ack.payment_id == pid and not ack.duplicate
+        status = {"status": None}
+        for _ in range(100):
+            try:
+                status = await payment.get_status(pid)
+            except NotFound:  # processing is asynchronous: not recorded yet
+                pass
+            if status["status"] == "completed":
+                break
+            await asyncio.sleep(0.1)
+        assert status["status"] == "completed" and status["amount"] == "9.99" and status["currency"] == "USD"
+        with pytest.raises(TypeError):
+            MathClient("not a connection")
+    finally:
+        await nc.drain()

@@ -221,11 +221,25 @@ class Switchyard:
         await kv.put(KEY_SITE_MAINTENANCE, b"true" if on else b"false")
 
 
+def _switchyard_of(conn: Any, timeout: float = 5.0) -> "Switchyard":
+    """A Switchyard over ``conn``: itself, or a plain nats-py connection
+    (``await nats.connect(...)``, as seed 001 passes it) wrapped."""
+    if isinstance(conn, Switchyard):
+        return conn
+    if hasattr(conn, "request") and hasattr(conn, "jetstream"):
+        options = getattr(conn, "options", None) or {}
+        return Switchyard(conn, timeout, options.get("user") if isinstance(options, dict) else None)
+    raise TypeError(f"expected a Switchyard or a nats-py connection, not {type(conn).__name__}")
+
+
 class MathClient:
+    """``services.math.*``. Build it from a Switchyard or a plain nats-py
+    connection: ``MathClient(nc)``; ``await MathClient(nc).add(10, 5)`` is ``15``."""
+
     OPERATIONS = MATH_OPERATIONS
 
-    def __init__(self, sy: Switchyard):
-        self._sy = sy
+    def __init__(self, conn: Any):
+        self._sy = _switchyard_of(conn)
 
     @staticmethod
     def calculate_request(operation: str, a: float, b: Optional[float] = None) -> dict:
@@ -234,13 +248,14 @@ class MathClient:
             body["b"] = b
         return body
 
-    async def calculate(self, operation: str, a: float, b: Optional[float] = None) -> float:
+    async def calculate(self, operation: str, a: float, b: Optional[float] = None) -> Union[int, float]:
+        """The result as the service wrote it: an int when whole (``15``), else a float."""
         reply = await self._sy.request(MATH_CALCULATE, self.calculate_request(operation, a, b))
-        return float(reply["result"])
+        return reply["result"]
 
-    async def _op(self, op: str, a: float, b: Optional[float] = None) -> float:
+    async def _op(self, op: str, a: float, b: Optional[float] = None) -> Union[int, float]:
         body = {"a": a} if b is None else {"a": a, "b": b}
-        return float((await self._sy.request(f"{MATH_PREFIX}.{op}", body))["result"])
+        return (await self._sy.request(f"{MATH_PREFIX}.{op}", body))["result"]
 
     async def add(self, a, b): return await self._op("add", a, b)
     async def subtract(self, a, b): return await self._op("subtract", a, b)
@@ -252,11 +267,14 @@ class MathClient:
 
 
 class EmailClient:
-    def __init__(self, sy: Switchyard):
-        self._sy = sy
+    """``services.notification.email-send``, from a Switchyard or a plain
+    nats-py connection (``EmailClient(nc)``)."""
+
+    def __init__(self, conn: Any):
+        self._sy = _switchyard_of(conn)
 
     @staticmethod
-    def send_request(to: str, subject: str, body: str, send_at=None, idempotency_key: Optional[str] = None) -> dict:
+    def send_request(to: str, subject: str, body: str = "", send_at=None, idempotency_key: Optional[str] = None) -> dict:
         req = {"to": to, "subject": subject, "body": body}
         if send_at is not None:
             req["send_at"] = _rfc3339(send_at)
@@ -264,37 +282,74 @@ class EmailClient:
             req["idempotency_key"] = idempotency_key
         return req
 
-    async def send(self, to: str, subject: str, body: str, *, send_at=None, idempotency_key: Optional[str] = None) -> EmailAccepted:
+    async def send_email(self, to: str, subject: str, body: str = "") -> EmailAccepted:
+        """Seed 001's call. The mail is made durable before this returns
+        (a request, so a bad address raises instead of vanishing); it is
+        sent asynchronously."""
+        return await self.send(to, subject, body)
+
+    async def send(self, to: str, subject: str, body: str = "", *, send_at=None, idempotency_key: Optional[str] = None) -> EmailAccepted:
         """Queues a mail durably; returns its id (and when it will go)."""
         reply = await self._sy.request(EMAIL_SEND, self.send_request(to, subject, body, send_at, idempotency_key))
         return _build(EmailAccepted, reply)
 
-    async def publish(self, to: str, subject: str, body: str, *, send_at=None, idempotency_key: Optional[str] = None) -> None:
+    async def publish(self, to: str, subject: str, body: str = "", *, send_at=None, idempotency_key: Optional[str] = None) -> None:
         """Fire and forget: no answer, no error."""
         req = self.send_request(to, subject, body, send_at, idempotency_key)
         await self._sy.nc.publish(EMAIL_SEND, json.dumps(req).encode())
 
 
 class PaymentClient:
-    def __init__(self, sy: Switchyard):
-        self._sy = sy
+    """Payments, from a Switchyard or a plain nats-py connection
+    (``PaymentClient(nc)``)."""
+
+    def __init__(self, conn: Any):
+        self._sy = _switchyard_of(conn)
+
+    async def submit_payment(self, payment_id: str, user_id: Optional[str] = None,
+                             subscription_id: Optional[str] = None, amount=None, *,
+                             currency: Optional[str] = None, email: Optional[str] = None) -> PaymentAck:
+        """Seed 001's call: JetStream-publishes the payment (``Nats-Msg-Id``
+        = ``payment_id``) and returns once the stream stored it. Processing
+        is asynchronous: right after this, ``get_status`` may say
+        ``pending`` or not know the payment yet. A ``payment_id`` that
+        already exists is ignored (the contract): use a fresh one per
+        payment. ``amount`` may be a float (``9.99``: sent as that JSON
+        number, taken exactly) or a decimal string; ``currency`` defaults
+        to the processor's (USD)."""
+        if amount is None:
+            raise ValueError("amount is required")
+        return await self.publish(user_id, amount, currency, payment_id=payment_id, email=email,
+                                  subscription_id=subscription_id)
+
+    async def get_status(self, payment_id: str) -> dict:
+        """Seed 001's call: the status reply as a dict (``{"status": "completed", ...}``);
+        raises NotFound when no payment has that id (yet)."""
+        return await self._sy.request(PAYMENT_STATUS, {"payment_id": payment_id})
 
     @staticmethod
-    def payment_request(user_id: str, amount, currency: str = "USD", payment_id: Optional[str] = None,
-                        email: Optional[str] = None, subscription_id: Optional[str] = None) -> dict:
+    def payment_request(user_id: Optional[str], amount, currency: Optional[str] = "USD",
+                        payment_id: Optional[str] = None, email: Optional[str] = None,
+                        subscription_id: Optional[str] = None) -> dict:
+        """The payment's JSON. A float amount is sent as its shortest exact
+        decimal text (``9.99`` → ``"9.99"``, via ``repr``, never rounded);
+        ``None`` user or currency is left out (the processor's defaults)."""
         req = {
             "payment_id": payment_id or f"pay-{uuid.uuid4().hex[:20]}",
-            "user_id": user_id,
             "amount": str(Decimal(str(amount))) if not isinstance(amount, str) else amount,
-            "currency": currency,
         }
+        if user_id is not None:
+            req["user_id"] = user_id
+        if currency is not None:
+            req["currency"] = currency
         if email is not None:
             req["email"] = email
         if subscription_id is not None:
             req["subscription_id"] = subscription_id
         return req
 
-    async def publish(self, user_id: str, amount, currency: str = "USD", *, payment_id: Optional[str] = None,
+    async def publish(self, user_id: Optional[str], amount, currency: Optional[str] = "USD", *,
+                      payment_id: Optional[str] = None,
                       email: Optional[str] = None, subscription_id: Optional[str] = None,
                       retry_for: float = 30.0) -> PaymentAck:
         """JetStream-publishes a payment with ``Nats-Msg-Id: <payment_id>``.
