@@ -46,6 +46,9 @@ test: setup lint
     cargo build --workspace --locked
     cargo test --workspace --locked
     cd clients/python && {{venv}}/bin/python -m pytest -q
+    # The Python client's wheel (distribution switchyard-nats, import switchyard).
+    {{venv}}/bin/pip wheel --quiet --disable-pip-version-check --no-deps -w target/wheels clients/python
+    {{venv}}/bin/python -c "import zipfile, sys; z = zipfile.ZipFile('target/wheels/switchyard_nats-0.1.0-py3-none-any.whl'); assert 'switchyard/client.py' in z.namelist(), z.namelist(); print('wheel ok:', z.filename)"
 
 # The quick benchmark set on release builds (see BENCHMARKS.md): `just bench`, `just bench rpc --duration 10s`.
 bench NAME="quick" *ARGS: setup
