@@ -30,6 +30,23 @@ struct RawRecord {
     fields: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The service of a plain-text record on `logs.process`.
+pub const PLAIN_TEXT_SERVICE: &str = "process";
+
+/// `body` as plain text, when it is one: UTF-8, not empty, not JSON, and
+/// not starting like a JSON object or array (a broken JSON record stays a
+/// rejection that says why).
+fn plain_text(body: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(body).ok()?.trim();
+    if text.is_empty()
+        || text.starts_with(['{', '['])
+        || serde_json::from_str::<serde_json::Value>(text).is_ok()
+    {
+        return None;
+    }
+    Some(text)
+}
+
 /// Checks a message on `subject` with stream sequence `seq`.
 pub fn line_for(subject: &str, seq: u64, body: &[u8]) -> Line {
     match check(subject, body) {
@@ -71,6 +88,19 @@ fn check(subject: &str, body: &[u8]) -> Result<LogRecord, String> {
         if !LOG_LEVELS.contains(&level) {
             return Err(format!("unknown level {level:?} in the subject"));
         }
+    }
+    if let Some(text) = plain_text(body) {
+        // Seed 000 publishes plain text: a record whose message is the text,
+        // from service `process` at `info` on logs.process (the subject
+        // decides elsewhere).
+        let (service, level) = from_subject.unwrap_or((PLAIN_TEXT_SERVICE, "info"));
+        return Ok(LogRecord {
+            ts: runtime::time::now_rfc3339(),
+            service: service.to_owned(),
+            level: level.to_owned(),
+            message: text.to_owned(),
+            fields: serde_json::Map::new(),
+        });
     }
     let raw: RawRecord = serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data if body.first() != Some(&b'{') => {
@@ -196,6 +226,37 @@ mod tests {
     }
 
     #[test]
+    fn plain_text_is_a_record() {
+        let Line::Record { record, .. } = line_for("logs.process", 3, b"Log message 7") else {
+            panic!("plain text rejected")
+        };
+        assert_eq!(
+            (
+                record.service.as_str(),
+                record.level.as_str(),
+                record.message.as_str()
+            ),
+            ("process", "info", "Log message 7")
+        );
+        assert!(runtime::time::parse_unix_ms(&record.ts).is_some());
+        let Line::Record { record, .. } = line_for("logs.math.warn", 4, b"  disk low \n") else {
+            panic!("plain text rejected")
+        };
+        assert_eq!(
+            (
+                record.service.as_str(),
+                record.level.as_str(),
+                record.message.as_str()
+            ),
+            ("math", "warn", "disk low")
+        );
+        assert!(matches!(
+            line_for("logs.process", 5, &[0xff, 0xfe]),
+            Line::Rejected { .. }
+        ));
+    }
+
+    #[test]
     fn rejections() {
         assert!(reason("logs.math.loud", r#"{"ts":"t","message":"m"}"#).contains("unknown level"));
         assert!(
@@ -205,7 +266,9 @@ mod tests {
             )
             .contains("unknown level")
         );
-        assert!(reason("logs.process", "not json").contains("malformed JSON"));
+        assert!(reason("logs.process", "{not json").contains("malformed JSON"));
+        assert!(reason("logs.process", "").contains("JSON"));
+        assert!(reason("logs.process", "42").contains("not a JSON object"));
         assert!(reason("logs.process", "[1]").contains("not a JSON object"));
         assert!(
             reason("logs.process", r#"{"ts":"t","level":"info","message":"m"}"#)

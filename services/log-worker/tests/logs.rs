@@ -190,7 +190,7 @@ async fn seed_workers_share_messages_stats_query_and_bad_input() {
         .unwrap()
         .await
         .unwrap();
-    js.publish(subjects::LOGS_PROCESS, "not json".into())
+    js.publish(subjects::LOGS_PROCESS, "{not json".into())
         .await
         .unwrap()
         .await
@@ -213,6 +213,39 @@ async fn seed_workers_share_messages_stats_query_and_bad_input() {
     assert_eq!(totals.by_service.get("seed"), Some(&30));
     assert_eq!(totals.by_service.get("math"), Some(&7));
     assert_eq!(totals.by_level.get("error"), Some(&2));
+
+    // Seed 000's plain-text messages: records of service `process`, found
+    // by a query.
+    for i in 0..3 {
+        js.publish(subjects::LOGS_PROCESS, format!("Log message {i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let plain = testkit::eventually(
+        "3 plain-text records queryable",
+        Duration::from_secs(15),
+        || async {
+            let r = query(&client, json!({"service": "process"})).await;
+            if r.entries.len() >= 3 {
+                Ok(r)
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    )
+    .await;
+    let messages: Vec<&str> = plain
+        .entries
+        .iter()
+        .map(|e| e.record.message.as_str())
+        .collect();
+    assert_eq!(
+        messages,
+        ["Log message 0", "Log message 1", "Log message 2"]
+    );
+    assert!(plain.entries.iter().all(|e| e.record.level == "info"));
     assert_eq!(totals.by_level.get("info"), Some(&35));
     // Every worker answers the same numbers.
     for _ in 0..5 {
