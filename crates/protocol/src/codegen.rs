@@ -47,6 +47,7 @@ fn python_constants() -> Vec<(&'static str, Py)> {
         ("EMAIL_SEND", s(subjects::EMAIL_SEND)),
         ("EVENT_EMAIL_SENT", s(subjects::EVENT_EMAIL_SENT)),
         ("EVENT_EMAIL_FAILED", s(subjects::EVENT_EMAIL_FAILED)),
+        ("EVENT_EMAIL_REJECTED", s(subjects::EVENT_EMAIL_REJECTED)),
         ("PAYMENT_PROCESS", s(subjects::PAYMENT_PROCESS)),
         ("PAYMENT_STATUS", s(subjects::PAYMENT_STATUS)),
         ("PAYMENT_REPLAY", s(subjects::PAYMENT_REPLAY)),

@@ -323,6 +323,8 @@ fn email_notifier() -> Manifest {
     .js_publish(crate::email::subjects::scheduled(">"))
     .js_publish(subjects::EVENT_EMAIL_SENT)
     .js_publish(subjects::EVENT_EMAIL_FAILED)
+    // Refused fire-and-forget sends (runtime `rejections_to`).
+    .js_publish(subjects::EVENT_EMAIL_REJECTED)
 }
 
 fn payment_processor() -> Manifest {

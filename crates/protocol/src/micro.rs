@@ -147,6 +147,26 @@ where
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
+/// A fire-and-forget request (published, no reply subject) that its service
+/// refused: the error nobody could be told, as an event (e.g.
+/// `events.email.rejected`).
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub struct Rejected {
+    /// The subject the request came on.
+    pub subject: String,
+    pub code: crate::ErrorCode,
+    /// Why, as the error reply would have said.
+    pub message: String,
+    /// The request body (UTF-8, lossy), at most 1 KiB.
+    pub body: String,
+    /// The body was longer than what `body` keeps.
+    pub truncated: bool,
+    /// RFC 3339.
+    pub at: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,6 +43,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
         entry::<crate::micro::PingResponse>("micro.ping"),
         entry::<crate::micro::InfoResponse>("micro.info"),
         entry::<crate::micro::StatsResponse>("micro.stats"),
+        entry::<crate::micro::Rejected>("event.rejected"),
     ]
 }
 

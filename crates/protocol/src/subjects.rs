@@ -17,6 +17,9 @@ pub fn math_operation(operation: crate::math::Operation) -> String {
 pub const EMAIL_SEND: &str = "services.notification.email-send";
 pub const EVENT_EMAIL_SENT: &str = "events.email.sent";
 pub const EVENT_EMAIL_FAILED: &str = "events.email.failed";
+/// A fire-and-forget email request the notifier refused
+/// ([`crate::micro::Rejected`]).
+pub const EVENT_EMAIL_REJECTED: &str = "events.email.rejected";
 
 // --- payment-processor --------------------------------------------------
 /// The `PAYMENTS` stream's subject: payments are JetStream-published here.

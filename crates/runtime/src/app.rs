@@ -211,6 +211,13 @@ impl<S: Clone + Send + Sync + 'static> Builder<S> {
         self
     }
 
+    /// Where this service's refused fire-and-forget requests are reported
+    /// as events ([`micro::ServiceBuilder::rejections_to`]).
+    pub fn rejections_to(mut self, subject: &str) -> Self {
+        self.micro = self.micro.rejections_to(subject);
+        self
+    }
+
     /// Extra `$SRV.INFO` metadata.
     pub fn metadata(mut self, metadata: BTreeMap<String, String>) -> Self {
         self.micro = self.micro.metadata(metadata);

@@ -84,6 +84,7 @@ pub struct ServiceBuilder {
     maintenance: Option<watch::Receiver<bool>>,
     endpoints: Vec<EndpointDef>,
     registration: Option<crate::registration::RegistrationSettings>,
+    rejections: Option<String>,
 }
 
 impl std::fmt::Debug for ServiceBuilder {
@@ -112,7 +113,17 @@ impl ServiceBuilder {
             maintenance: None,
             endpoints: Vec::new(),
             registration: None,
+            rejections: None,
         }
+    }
+
+    /// Where a refused fire-and-forget request (no reply subject, so no one
+    /// to answer) is reported: a [`protocol::micro::Rejected`] event on
+    /// `subject` (e.g. `events.email.rejected`), besides the warn log line
+    /// every such refusal gets.
+    pub fn rejections_to(mut self, subject: impl Into<String>) -> Self {
+        self.rejections = Some(subject.into());
+        self
     }
 
     /// The instance id (default: a fresh NUID).
@@ -277,6 +288,7 @@ impl ServiceBuilder {
                 max_payload: self.max_payload,
                 maintenance: self.maintenance.clone(),
                 stats: stats.clone(),
+                rejections: self.rejections.clone(),
             });
             loops.push(tokio::spawn(endpoint_loop(
                 subscriber,
@@ -384,6 +396,43 @@ struct EndpointCtx {
     max_payload: usize,
     maintenance: Option<watch::Receiver<bool>>,
     stats: Arc<Mutex<Vec<EndpointStats>>>,
+    rejections: Option<String>,
+}
+
+/// How much of a refused fire-and-forget body its event keeps.
+const REJECTED_BODY_MAX: usize = 1024;
+
+/// A fire-and-forget request was refused: nobody hears the error reply, so
+/// say it in the log (warn) and, when configured, as an event.
+async fn report_unanswered(ctx: &EndpointCtx, message: &Message, err: &ServiceError) {
+    tracing::warn!(
+        subject = %message.subject,
+        code = %err.code,
+        error = %err.message,
+        "fire-and-forget request refused (no reply subject: the sender gets no error)"
+    );
+    let Some(events) = &ctx.rejections else {
+        return;
+    };
+    let end = message.payload.len().min(REJECTED_BODY_MAX);
+    let event = protocol::micro::Rejected {
+        subject: message.subject.to_string(),
+        code: err.code,
+        message: err.message.clone(),
+        body: String::from_utf8_lossy(&message.payload[..end]).into_owned(),
+        truncated: message.payload.len() > end,
+        at: crate::time::now_rfc3339(),
+    };
+    let sent = match serde_json::to_vec(&event) {
+        Ok(body) => ctx.client.publish(events.clone(), body.into()).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "encoding a rejection event");
+            return;
+        }
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, subject = %events, "could not publish a rejection event");
+    }
 }
 
 async fn endpoint_loop(
@@ -550,6 +599,11 @@ async fn handle(ctx: &EndpointCtx, message: Message) {
         if let Err(err) = sent {
             tracing::warn!(error = %err, "could not send a reply");
         }
+    }
+    if let (None, Err(err)) = (&message.reply, &result)
+        && err.code != ErrorCode::Internal
+    {
+        report_unanswered(ctx, &message, err).await;
     }
     if let Err(err) = &result {
         let level_is_error = err.code == ErrorCode::Internal;

@@ -113,6 +113,8 @@ pub async fn run_with_transport(
     app.service(VERSION, DESCRIPTION)
         .with_state(state)
         .queue_group(queue_groups::EMAIL_NOTIFIER)
+        // A published (fire-and-forget) send that is refused says why here.
+        .rejections_to(subjects::EVENT_EMAIL_REJECTED)
         .endpoint("email-send", subjects::EMAIL_SEND, accept::accept)
         .pull_worker("email-sender", assets.outbox, concurrency, sender::send)
         .pull_worker(

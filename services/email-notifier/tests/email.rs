@@ -215,6 +215,34 @@ async fn queue_group_idempotency_parsing_bad_input_and_receipts() {
     )
     .await;
 
+    // Seed 001 publishes fire-and-forget: a refused one leaves an
+    // `events.email.rejected` saying why (nobody hears the error reply).
+    client
+        .publish(
+            subjects::EMAIL_SEND,
+            r#"{"to": "not an address", "subject": "Hello"}"#.into(),
+        )
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let rejected = testkit::eventually(
+        "a rejection event for the published bad address",
+        Duration::from_secs(10),
+        || async {
+            let events =
+                testkit::js::read_stream(&js, "EVENTS", subjects::EVENT_EMAIL_REJECTED).await;
+            events
+                .first()
+                .map(|m| serde_json::from_slice::<protocol::micro::Rejected>(&m.payload).unwrap())
+                .ok_or("no event yet")
+        },
+    )
+    .await;
+    assert_eq!(rejected.code, ErrorCode::InvalidAddress);
+    assert_eq!(rejected.subject, subjects::EMAIL_SEND);
+    assert!(rejected.body.contains("not an address"), "{rejected:?}");
+    assert!(!rejected.truncated);
+
     // Bad input: typed errors; nothing else lost.
     for (body, code) in [
         (

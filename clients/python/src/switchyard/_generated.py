@@ -8,6 +8,7 @@ MATH_OPERATIONS = ("add", "subtract", "multiply", "divide", "power", "sqrt", "mo
 EMAIL_SEND = "services.notification.email-send"
 EVENT_EMAIL_SENT = "events.email.sent"
 EVENT_EMAIL_FAILED = "events.email.failed"
+EVENT_EMAIL_REJECTED = "events.email.rejected"
 PAYMENT_PROCESS = "services.payment.payment-process"
 PAYMENT_STATUS = "services.payment.status"
 PAYMENT_REPLAY = "services.payment.replay"
