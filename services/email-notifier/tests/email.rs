@@ -224,7 +224,6 @@ async fn queue_group_idempotency_parsing_bad_input_and_receipts() {
         )
         .await
         .unwrap();
-    let js = async_nats::jetstream::new(client.clone());
     let rejected = testkit::eventually(
         "a rejection event for the published bad address",
         Duration::from_secs(10),
