@@ -155,7 +155,7 @@ fn read(path: &Path) -> anyhow::Result<String> {
 
 /// Writes `text` through a temporary file and a rename; keys get 0600,
 /// certificates 0644.
-fn write_file(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
+pub(crate) fn write_file(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.tmp", nuid::next()));

@@ -15,7 +15,6 @@ use anyhow::Context as _;
 use protocol::accounts;
 use rand::Rng as _;
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// Where the secrets live unless told otherwise.
@@ -114,7 +113,11 @@ pub(crate) fn ensure(file: &Path) -> anyhow::Result<(Secrets, Vec<String>)> {
         }
     }
     if !added.is_empty() {
-        write_private(file, &text)?;
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        crate::certs::write_file(file, &text, true)?;
     }
     Ok((secrets, added))
 }
@@ -127,29 +130,6 @@ pub(crate) fn load(file: &Path) -> anyhow::Result<Option<Secrets>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
     }
-}
-
-/// Writes `text` to `file` with mode 0600, through a temporary file in the
-/// same directory and a rename.
-fn write_private(file: &Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = file
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", nuid::next()));
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    out.write_all(text.as_bytes())?;
-    out.sync_all()?;
-    drop(out);
-    std::fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))?;
-    Ok(())
 }
 
 /// The Kubernetes Secret `switchyard-nats-users` that
