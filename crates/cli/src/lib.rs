@@ -9,6 +9,7 @@ mod generated;
 mod logs;
 mod math;
 mod pay;
+mod role;
 mod schemas;
 mod secrets;
 mod status;
@@ -55,6 +56,8 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Payments: `switchyard pay <user> <amount>`, `pay status|dlq|replay`.
     Pay(pay::PayArgs),
+    /// Seed 004's client roles on core NATS: `switchyard role publisher|subscriber|requester|replier`.
+    Role(role::RoleArgs),
     /// Market data: `switchyard stocks watch [SYMBOL..]`, `stocks history SYMBOL`.
     Stocks(stocks::StocksArgs),
     /// List the running services from `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS`.
@@ -110,6 +113,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Logs(args) => logs::run(&cli.servers, cli.timeout, args).await,
         Command::Pay(args) => pay::run(&cli.servers, cli.timeout, args).await,
         Command::Stocks(args) => stocks::run(&cli.servers, cli.timeout, args).await,
+        Command::Role(args) => role::run(&cli.servers, cli.timeout, args).await,
         Command::Status(args) => status::run(&cli.servers, cli.timeout, args).await,
         Command::Provision(args) => up::provision(&cli.servers, args).await,
         Command::Maintenance { state } => maintenance(&cli.servers, state).await,
@@ -142,6 +146,8 @@ pub(crate) enum Role {
     /// Operations (maintenance on/off, dead letters, replays,
     /// provisioning): `admin`.
     Admin,
+    /// Seed 004's roles (`switchyard role`): `demo`.
+    Demo,
 }
 
 impl Role {
@@ -149,6 +155,7 @@ impl Role {
         match self {
             Role::Client => protocol::accounts::CLIENT,
             Role::Admin => protocol::accounts::ADMIN,
+            Role::Demo => protocol::accounts::DEMO,
         }
     }
 
@@ -156,6 +163,7 @@ impl Role {
         match self {
             Role::Client => protocol::accounts::CLIENT_PASSWORD_ENV,
             Role::Admin => protocol::accounts::ADMIN_PASSWORD_ENV,
+            Role::Demo => protocol::accounts::DEMO_PASSWORD_ENV,
         }
     }
 }

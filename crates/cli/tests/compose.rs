@@ -342,6 +342,36 @@ impl Drop for Stack {
     }
 }
 
+/// `docker compose run requester` (seed 004) until it prints `pong`
+/// (the replier may still be connecting), bounded.
+async fn seed_requester(stack: &Stack) -> String {
+    let mut last = String::new();
+    for _ in 0..10 {
+        let out = run_bounded(
+            stack.command(&[
+                "--profile",
+                "seed004",
+                "run",
+                "--rm",
+                "-T",
+                "--no-deps",
+                "requester",
+            ]),
+            Duration::from_secs(60),
+        );
+        last = format!(
+            "{} {}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "pong" {
+            return "pong".to_owned();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("the seed 004 requester never got pong: {last}");
+}
+
 /// Connects over TLS (trusting `ca`) with fast reconnects; server errors
 /// (permission violations) go to the returned list.
 async fn connect(
@@ -1230,6 +1260,15 @@ async fn compose_stack_survives_node_loss_partitions_and_crashes() {
         rows_started.elapsed()
     );
 
+    // 2c. Seed 004's roles (profile seed004, the CLI image, user demo): a
+    // replier stays up through the node stops below; a requester gets pong.
+    stack.compose(
+        &["--profile", "seed004", "up", "-d", "--no-build", "replier"],
+        Duration::from_secs(120),
+    );
+    let pong = seed_requester(&stack).await;
+    println!("seed 004: requester got {pong:?} from the replier container");
+
     // 3. Stop nats1, then the node math-service is on, each under load.
     let (sys, _) = stack.connect(stack.urls(), SYS).await;
 
@@ -1302,6 +1341,10 @@ async fn compose_stack_survives_node_loss_partitions_and_crashes() {
             restarted.elapsed()
         );
     }
+
+    // Seed 004: `stop nats1` / `start nats1` keeps the roles working.
+    let pong = seed_requester(&stack).await;
+    println!("seed 004: after the node stops, requester got {pong:?}");
 
     // 4. Partition a node off (one math-service is not on, so the majority's
     //    math keeps answering while services on the cut node move over).

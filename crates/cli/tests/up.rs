@@ -145,7 +145,7 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
         .recv_timeout(Duration::from_secs(30))
         .unwrap_or_else(|_| panic!("no first line from switchyard up"));
     assert!(
-        generated.starts_with("generated 10 passwords into"),
+        generated.starts_with("generated ") && generated.contains(" passwords into "),
         "{generated}"
     );
     let ready = rx

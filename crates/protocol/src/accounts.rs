@@ -22,6 +22,11 @@ pub const CLIENT_PASSWORD_ENV: &str = "CLIENT_PASSWORD";
 pub const ADMIN: &str = "admin";
 /// The environment variable holding [`ADMIN`]'s password.
 pub const ADMIN_PASSWORD_ENV: &str = "ADMIN_PASSWORD";
+/// Seed 004's four client roles (`switchyard role …`): core NATS on
+/// `updates` and `ping` only.
+pub const DEMO: &str = "demo";
+/// The environment variable holding [`DEMO`]'s password.
+pub const DEMO_PASSWORD_ENV: &str = "DEMO_PASSWORD";
 /// The user the cluster's nodes authenticate each other's routes with.
 pub const ROUTE: &str = "route";
 /// The environment variable holding [`ROUTE`]'s password.
@@ -275,7 +280,7 @@ pub fn admin() -> User {
     deny.extend(
         users()
             .iter()
-            .chain([&client()])
+            .chain([&client(), &demo()])
             .map(|u| subjects::user_inbox_all(u.name)),
     );
     User {
@@ -288,11 +293,34 @@ pub fn admin() -> User {
     }
 }
 
-/// Every user of account `APP`: the six services, [`client`], then [`admin`].
+/// Seed 004's roles ([`DEMO`]): publish and subscribe `updates`, request
+/// and answer `ping` (the replier answers inboxes only), nothing else: no
+/// service, no JetStream.
+pub fn demo() -> User {
+    User {
+        name: DEMO,
+        password_env: DEMO_PASSWORD_ENV,
+        publish: vec![
+            subjects::SEED_UPDATES.to_owned(),
+            subjects::SEED_PING.to_owned(),
+        ],
+        subscribe: vec![
+            subjects::user_inbox_all(DEMO),
+            subjects::SEED_UPDATES.to_owned(),
+            subjects::SEED_PING.to_owned(),
+        ],
+        subscribe_deny: vec![],
+        allow_responses: true,
+    }
+}
+
+/// Every user of account `APP`: the six services, [`client`], [`admin`],
+/// then [`demo`].
 pub fn all() -> Vec<User> {
     let mut all = users();
     all.push(client());
     all.push(admin());
+    all.push(demo());
     all
 }
 
@@ -591,7 +619,7 @@ mod tests {
     #[test]
     fn every_user_reads_only_its_own_inboxes() {
         let all = all();
-        assert_eq!(all.len(), manifest::ALL.len() + 2);
+        assert_eq!(all.len(), manifest::ALL.len() + 3);
         // What the server lets `u` subscribe to: allowed and not denied.
         let may_read =
             |u: &User, s: &str| allowed(&u.subscribe, s) && !allowed(&u.subscribe_deny, s);
@@ -662,9 +690,10 @@ mod tests {
         // `_INBOX.>` appears only in admin's deny list.
         assert_eq!(conf.matches("\"_INBOX.>\"").count(), 1, "{conf}");
         assert!(conf.contains(&format!("deny: {}", list(&admin().subscribe_deny))));
+        // The services, and seed 004's replier.
         assert_eq!(
             conf.matches("allow_responses: true").count(),
-            manifest::ALL.len()
+            manifest::ALL.len() + 1
         );
         assert!(conf.ends_with("system_account: SYS\n"));
     }

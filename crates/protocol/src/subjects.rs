@@ -86,6 +86,11 @@ pub fn logs(service: &str, level: &str) -> Result<String, SubjectError> {
 /// publish and subscribe them.
 pub const DEMO_ALL: &str = "demo.>";
 
+/// Seed 004's pub/sub subject (`switchyard role publisher|subscriber`).
+pub const SEED_UPDATES: &str = "updates";
+/// Seed 004's request-reply subject (`switchyard role requester|replier`).
+pub const SEED_PING: &str = "ping";
+
 /// First token of every tick subject.
 pub const STOCKS_PREFIX: &str = "stocks";
 /// All tick subjects (stream `STOCKS`).
