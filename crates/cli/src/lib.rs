@@ -116,7 +116,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Role(args) => role::run(&cli.servers, cli.timeout, args).await,
         Command::Status(args) => status::run(&cli.servers, cli.timeout, args).await,
         Command::Provision(args) => up::provision(&cli.servers, args).await,
-        Command::Maintenance { state } => maintenance(&cli.servers, state).await,
+        Command::Maintenance { state } => maintenance(&cli.servers, cli.timeout, state).await,
         Command::Schemas(args) => schemas::run(args),
         Command::Accounts(args) => accounts::run(args),
         Command::Codegen(args) => codegen::run(args),
@@ -247,7 +247,11 @@ async fn connect_as(
     }
 }
 
-async fn maintenance(servers: &[String], state: Option<MaintenanceState>) -> anyhow::Result<()> {
+async fn maintenance(
+    servers: &[String],
+    timeout: Duration,
+    state: Option<MaintenanceState>,
+) -> anyhow::Result<()> {
     let role = if state.is_some() {
         Role::Admin
     } else {
@@ -257,7 +261,17 @@ async fn maintenance(servers: &[String], state: Option<MaintenanceState>) -> any
     let js = async_nats::jetstream::new(client.clone());
     let replicas = runtime::nats::effective_replicas(&client, settings.jetstream.replicas);
     if let Some(state) = state {
-        runtime::maintenance::set(&js, replicas, matches!(state, MaintenanceState::On)).await?;
+        let on = matches!(state, MaintenanceState::On);
+        tokio::time::timeout(timeout, runtime::maintenance::set(&js, replicas, on))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the maintenance flag was not written within {timeout:?}: on a cluster with \
+                     accounts this needs the admin role (ADMIN_PASSWORD in {}), and a user \
+                     without it is refused",
+                    secrets_file().display()
+                )
+            })??;
     }
     let store =
         runtime::maintenance::config_bucket(&js, replicas, runtime::settings::AssetMode::Expect)

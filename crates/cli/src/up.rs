@@ -52,6 +52,12 @@ pub(crate) struct UpArgs {
     /// passwords of --secrets, and services run as their own users.
     #[arg(long)]
     no_auth: bool,
+    /// Refuse connections without credentials. By default (with accounts)
+    /// they are the `guest` user, which may do what `client` does: the
+    /// seeds' snippets connect to nats://localhost:4222 with none. Local
+    /// only; the compose and k8s deployments have no guests.
+    #[arg(long)]
+    no_guests: bool,
     /// The env file with the passwords (made on first use, like
     /// `switchyard secrets`).
     #[arg(long, default_value = crate::secrets::DEFAULT_FILE, env = crate::SECRETS_ENV)]
@@ -168,7 +174,7 @@ pub(crate) async fn provision(servers: &[String], args: ProvisionArgs) -> anyhow
 
 pub(crate) async fn nats_only(args: NatsArgs) -> anyhow::Result<()> {
     let shutdown = runtime::shutdown::on_signal();
-    let mut cluster = start_cluster(&args, None).await?;
+    let mut cluster = start_cluster(&args, None, false).await?;
     crate::say(format_args!(
         "switchyard nats ready: {} (monitoring http://127.0.0.1:{}) · Ctrl-C stops it",
         cluster.urls().join(","),
@@ -204,7 +210,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
     if wanted.iter().any(|(name, _)| *name == services::REGISTRY) {
         ensure_free(args.metrics_port)?;
     }
-    let mut cluster = start_cluster(&args.nats, secrets.as_ref()).await?;
+    let mut cluster = start_cluster(&args.nats, secrets.as_ref(), !args.no_guests).await?;
     let urls = cluster.urls();
     let logs = args.nats.dir.join("logs");
     let run_dir = args.nats.dir.join("run");
@@ -307,7 +313,11 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
                 args.nats.http_port,
                 args.metrics_port,
                 if secrets.is_some() {
-                    format!("users: client (apps, CLI) and admin (operations), passwords in {}", args.secrets.display())
+                    format!(
+                        "users: client (apps, CLI) and admin (operations), passwords in {}{}",
+                        args.secrets.display(),
+                        if args.no_guests { "" } else { "; no credentials = guest (client's rights)" }
+                    )
                 } else {
                     "NO AUTH (--no-auth)".to_owned()
                 },
@@ -333,6 +343,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
 async fn start_cluster(
     args: &NatsArgs,
     secrets: Option<&crate::secrets::Secrets>,
+    guests: bool,
 ) -> anyhow::Result<Cluster> {
     let ports = |base: u16| -> anyhow::Result<Vec<u16>> {
         (0..NODES)
@@ -360,6 +371,7 @@ async fn start_cluster(
         sync_always: true,
         accounts: secrets.is_some(),
         passwords: secrets.cloned().unwrap_or_default(),
+        guests: secrets.is_some() && guests,
     })
     .await
 }

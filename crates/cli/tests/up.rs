@@ -153,6 +153,7 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
         .unwrap_or_else(|_| panic!("no ready line from switchyard up"));
     assert!(ready.starts_with("switchyard ready"), "{ready}");
     assert!(ready.contains("users: client"), "{ready}");
+    assert!(ready.contains("no credentials = guest"), "{ready}");
     assert!(
         ready.contains(&format!("nats://127.0.0.1:{port}")),
         "{ready}"
@@ -320,13 +321,34 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
         "provisioned math, payment-processor as admin",
         "{out:?}"
     );
-    // Without the secrets file there are no credentials: refused.
+    // Without credentials a local connection is `guest`: it may call
+    // services (seed snippets connect with none), not administer.
     let out = Command::new(SWITCHYARD)
         .args(["math", "add", "1", "1", "--servers", &servers])
         .env("SWITCHYARD_SECRETS", dir.path().join("missing.env"))
         .output()
         .unwrap();
-    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2", "{out:?}");
+    let out = Command::new(SWITCHYARD)
+        .args([
+            "maintenance",
+            "on",
+            "--timeout",
+            "2s",
+            "--servers",
+            &servers,
+        ])
+        .env("SWITCHYARD_SECRETS", dir.path().join("missing.env"))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a guest turned maintenance on: {out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs the admin role"),
+        "{out:?}"
+    );
 
     let math_pid_file = state.join("run/math.pid");
     let first: i32 = std::fs::read_to_string(&math_pid_file)

@@ -27,6 +27,13 @@ pub const ADMIN_PASSWORD_ENV: &str = "ADMIN_PASSWORD";
 pub const DEMO: &str = "demo";
 /// The environment variable holding [`DEMO`]'s password.
 pub const DEMO_PASSWORD_ENV: &str = "DEMO_PASSWORD";
+/// Connections without credentials on a local `switchyard up` (its
+/// `no_auth_user`): the seeds' snippets connect to `nats://localhost:4222`
+/// with none. Never enabled in compose or k8s.
+pub const GUEST: &str = "guest";
+/// The environment variable holding [`GUEST`]'s password (unused by the
+/// anonymous connections themselves; the user needs one).
+pub const GUEST_PASSWORD_ENV: &str = "GUEST_PASSWORD";
 /// The user the cluster's nodes authenticate each other's routes with.
 pub const ROUTE: &str = "route";
 /// The environment variable holding [`ROUTE`]'s password.
@@ -281,7 +288,10 @@ pub fn admin() -> User {
         users()
             .iter()
             .chain([&client(), &demo()])
-            .map(|u| subjects::user_inbox_all(u.name)),
+            .map(|u| subjects::user_inbox_all(u.name))
+            // Guests use `_INBOX.>` (denied above); a guest that sets the
+            // prefix of its user name is denied too.
+            .chain([subjects::user_inbox_all(GUEST)]),
     );
     User {
         name: ADMIN,
@@ -314,14 +324,34 @@ pub fn demo() -> User {
     }
 }
 
+/// Anonymous local connections ([`GUEST`]): what [`client`] may do, with
+/// the shared default inbox `_INBOX.>` instead of a prefix of its own (a
+/// program that sets no credentials sets no inbox prefix either). Guests
+/// can read each other's replies, never another user's; only a local
+/// `switchyard up` maps anonymous connections to it.
+pub fn guest() -> User {
+    let mut guest = client();
+    guest.name = GUEST;
+    guest.password_env = GUEST_PASSWORD_ENV;
+    guest.subscribe[0] = subjects::INBOX_ALL.to_owned();
+    guest
+}
+
 /// Every user of account `APP`: the six services, [`client`], [`admin`],
-/// then [`demo`].
+/// [`demo`], then [`guest`].
 pub fn all() -> Vec<User> {
     let mut all = users();
     all.push(client());
     all.push(admin());
     all.push(demo());
+    all.push(guest());
     all
+}
+
+/// The server option that maps connections without credentials to
+/// [`GUEST`] (a local `switchyard up` only).
+pub fn guest_conf() -> String {
+    format!("no_auth_user: {GUEST}\n")
 }
 
 /// Every password a deployment needs, as environment variable names: the
@@ -604,6 +634,19 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_is_a_client_with_the_shared_inbox_and_reads_no_user_inbox() {
+        let (g, c) = (guest(), client());
+        assert_eq!(g.publish, c.publish);
+        assert!(!g.allow_responses);
+        assert!(allowed(&g.subscribe, "_INBOX.abc"));
+        for u in all().iter().filter(|u| u.name != GUEST) {
+            let theirs = format!("{}.abc", subjects::inbox_prefix(u.name));
+            assert!(!allowed(&g.subscribe, &theirs), "{theirs}");
+        }
+        assert_eq!(guest_conf(), "no_auth_user: guest\n");
+    }
+
+    #[test]
     fn admin_may_do_everything() {
         let a = admin();
         for s in [
@@ -619,11 +662,11 @@ mod tests {
     #[test]
     fn every_user_reads_only_its_own_inboxes() {
         let all = all();
-        assert_eq!(all.len(), manifest::ALL.len() + 3);
+        assert_eq!(all.len(), manifest::ALL.len() + 4);
         // What the server lets `u` subscribe to: allowed and not denied.
         let may_read =
             |u: &User, s: &str| allowed(&u.subscribe, s) && !allowed(&u.subscribe_deny, s);
-        for u in &all {
+        for u in all.iter().filter(|u| u.name != GUEST) {
             let own = format!("{}.abc", subjects::inbox_prefix(u.name));
             assert!(may_read(u, &own), "{}: {own}", u.name);
             assert!(!may_read(u, "_INBOX.abc"), "{}", u.name);
@@ -687,8 +730,9 @@ mod tests {
             );
             assert!(conf.contains(&list(&u.subscribe)), "{}", u.name);
         }
-        // `_INBOX.>` appears only in admin's deny list.
-        assert_eq!(conf.matches("\"_INBOX.>\"").count(), 1, "{conf}");
+        // `_INBOX.>` appears only in admin's deny list and as the guests'
+        // shared inbox.
+        assert_eq!(conf.matches("\"_INBOX.>\"").count(), 2, "{conf}");
         assert!(conf.contains(&format!("deny: {}", list(&admin().subscribe_deny))));
         // The services, and seed 004's replier.
         assert_eq!(

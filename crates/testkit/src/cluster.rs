@@ -80,6 +80,10 @@ pub struct ClusterOptions {
     /// (`protocol::accounts::password_envs`), e.g. from the `.env` that
     /// `switchyard secrets` writes; a user missing here gets a random one.
     pub passwords: std::collections::BTreeMap<String, String>,
+    /// With [`Self::accounts`]: connections without credentials become
+    /// `protocol::accounts::GUEST` (`no_auth_user`), as on a local
+    /// `switchyard up`.
+    pub guests: bool,
 }
 
 /// The user of the testkit's own connections on a cluster started with
@@ -100,6 +104,7 @@ impl Default for ClusterOptions {
             sync_always: true,
             accounts: false,
             passwords: Default::default(),
+            guests: false,
         }
     }
 }
@@ -261,6 +266,9 @@ impl Cluster {
             }
             if let Some(auth) = &auth {
                 conf.push_str(&auth.conf);
+                if opts.guests {
+                    conf.push_str(&protocol::accounts::guest_conf());
+                }
             }
             let config = dir.join(format!("n{i}.conf"));
             std::fs::write(&config, conf)?;
