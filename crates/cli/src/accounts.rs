@@ -112,6 +112,27 @@ mod tests {
         );
     }
 
+    /// A password the accounts name but the nodes' environment lacks stops
+    /// every node at start (`variable reference … can not be found`).
+    #[test]
+    fn compose_gives_the_nodes_every_password_and_defaults_none() {
+        let compose = committed("docker-compose.yml");
+        let nats_env = &compose[compose.find("environment: &nats-env").unwrap_or(0)..];
+        let nats_env = &nats_env[..nats_env.find("\n\n").unwrap_or(nats_env.len())];
+        for name in accounts::password_envs() {
+            assert!(
+                nats_env.contains(&format!("    {name}: ${{{name}:?")),
+                "docker-compose.yml: the nodes' environment lacks a required {name}"
+            );
+        }
+        for line in compose.lines().filter(|l| l.contains("_PASSWORD")) {
+            assert!(
+                !line.contains(":-"),
+                "a default password in docker-compose.yml: {line}"
+            );
+        }
+    }
+
     #[test]
     fn k8s_manifests_run_every_service_as_its_own_user() {
         let manifests = committed("deploy/k8s/switchyard.yaml");
