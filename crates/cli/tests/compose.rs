@@ -401,8 +401,11 @@ async fn connect(
                 }
             }
         })
-        .connect(urls)
+        .connect(urls.clone());
+    // Bounded: a stack whose nodes never come up fails here, not never.
+    let client = tokio::time::timeout(Duration::from_secs(120), client)
         .await
+        .unwrap_or_else(|_| panic!("no NATS node of {urls:?} accepted {user} within 120 s"))
         .unwrap();
     (client, errors)
 }
