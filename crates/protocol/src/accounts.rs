@@ -193,6 +193,9 @@ pub fn user(m: &Manifest) -> User {
         push_unique(&mut publish, bucket_access(b.bucket));
     }
     push_unique(&mut publish, m.js_publishes.iter().cloned());
+    if m.observes_jetstream {
+        push_unique(&mut publish, jetstream_state());
+    }
 
     let mut subs = m.subscribes.clone();
     subs.push(subjects::user_inbox_all(m.user));
@@ -214,6 +217,22 @@ pub fn users() -> Vec<User> {
     manifest::ALL.iter().map(user).collect()
 }
 
+/// Reading the state of every stream and consumer (counts, sizes, lag),
+/// never a message: list, names and info calls.
+fn jetstream_state() -> Vec<String> {
+    [
+        JS_API_INFO,
+        "$JS.API.STREAM.NAMES",
+        "$JS.API.STREAM.LIST",
+        "$JS.API.STREAM.INFO.*",
+        "$JS.API.CONSUMER.NAMES.*",
+        "$JS.API.CONSUMER.LIST.*",
+        "$JS.API.CONSUMER.INFO.*.*",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// Endpoints only [`admin`] calls: re-queueing a failed payment is an
 /// operation (it may charge again under a new idempotency key).
 pub const ADMIN_ONLY_ENDPOINTS: [&str; 1] = [subjects::PAYMENT_REPLAY];
@@ -231,15 +250,9 @@ pub fn client() -> User {
         subjects::PAYMENT_PROCESS.to_owned(),
         subjects::LOGS_ALL.to_owned(),
         subjects::DEMO_ALL.to_owned(),
-        // State, not content: stream and consumer info.
-        JS_API_INFO.to_owned(),
-        "$JS.API.STREAM.NAMES".to_owned(),
-        "$JS.API.STREAM.LIST".to_owned(),
-        "$JS.API.STREAM.INFO.*".to_owned(),
-        "$JS.API.CONSUMER.NAMES.*".to_owned(),
-        "$JS.API.CONSUMER.LIST.*".to_owned(),
-        "$JS.API.CONSUMER.INFO.*.*".to_owned(),
     ];
+    // State, not content: stream and consumer info.
+    push_unique(&mut publish, jetstream_state());
     // The maintenance flag, read only.
     push_unique(
         &mut publish,

@@ -96,6 +96,9 @@ pub struct Manifest {
     pub consumers: Vec<Consumer>,
     pub buckets: Vec<BucketUse>,
     pub advisories: Vec<Advisory>,
+    /// Reads the state (not the messages) of every stream and consumer, for
+    /// `/metrics`: list and info calls only.
+    pub observes_jetstream: bool,
 }
 
 /// Streams several services use and none owns: whoever publishes first
@@ -140,6 +143,7 @@ impl Manifest {
                 only_key: Some(keys::SITE_MAINTENANCE),
             }],
             advisories: vec![],
+            observes_jetstream: false,
         }
     }
 
@@ -276,6 +280,7 @@ fn registry() -> Manifest {
     .endpoint("list", subjects::REGISTRY_LIST, queue_groups::MICRO_DEFAULT)
     .bucket(buckets::REGISTRY, Role::Owns)
     .with_requests([micro::SRV_ALL]) // it asks every instance for `$SRV.STATS`
+    .observing_jetstream() // stream and consumer gauges in `/metrics`
 }
 
 fn math() -> Manifest {
@@ -399,6 +404,11 @@ fn stock_ticker() -> Manifest {
 }
 
 impl Manifest {
+    fn observing_jetstream(mut self) -> Self {
+        self.observes_jetstream = true;
+        self
+    }
+
     fn with_requests<const N: usize>(mut self, subjects: [&str; N]) -> Self {
         self.requests
             .extend(subjects.iter().map(|s| (*s).to_owned()));

@@ -28,6 +28,8 @@ const DESCRIPTION: &str = "Service registry with health, and Prometheus metrics 
 #[derive(Debug)]
 pub(crate) struct Registry {
     pub(crate) client: async_nats::Client,
+    /// For the stream and consumer gauges of `/metrics` (state only).
+    pub(crate) js: async_nats::jetstream::Context,
     pub(crate) store: store::Store,
     pub(crate) settings: RegistrySettings,
 }
@@ -66,6 +68,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     .await?;
     let state = Arc::new(Registry {
         client: app.client().clone(),
+        js: app.jetstream.clone(),
         store: store::Store { kv },
         settings: registry,
     });

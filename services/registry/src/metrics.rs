@@ -5,11 +5,13 @@
 use crate::Registry;
 use crate::store::{healthy, now_ms};
 use anyhow::Context as _;
+use async_nats::jetstream;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use futures::StreamExt as _;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -57,16 +59,85 @@ async fn scrape(State(ctx): State<Arc<Registry>>) -> impl IntoResponse {
     }
 }
 
+/// One stream's state, and its consumers'.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StreamState {
+    pub(crate) name: String,
+    pub(crate) messages: u64,
+    pub(crate) bytes: u64,
+    pub(crate) consumers: Vec<ConsumerState>,
+}
+
+/// One consumer's lag.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ConsumerState {
+    pub(crate) name: String,
+    /// Messages not yet delivered.
+    pub(crate) pending: u64,
+    /// Delivered, not yet acknowledged.
+    pub(crate) ack_pending: u64,
+    /// Delivered more than once and not yet acknowledged.
+    pub(crate) redelivered: u64,
+    /// Pull requests waiting.
+    pub(crate) waiting: u64,
+}
+
+/// Every stream and consumer of the account, from list calls (state only,
+/// no message is read).
+async fn jetstream_state(js: &jetstream::Context) -> anyhow::Result<Vec<StreamState>> {
+    let mut out = Vec::new();
+    let mut streams = js.streams();
+    while let Some(info) = streams.next().await {
+        let info = info?;
+        let name = info.config.name.clone();
+        let stream = js.get_stream(&name).await?;
+        let mut consumers = Vec::new();
+        let mut listed = stream.consumers();
+        while let Some(c) = listed.next().await {
+            let c = c?;
+            consumers.push(ConsumerState {
+                name: c.name,
+                pending: c.num_pending,
+                ack_pending: c.num_ack_pending as u64,
+                redelivered: c.num_redelivered as u64,
+                waiting: c.num_waiting as u64,
+            });
+        }
+        out.push(StreamState {
+            name,
+            messages: info.state.messages,
+            bytes: info.state.bytes,
+            consumers,
+        });
+    }
+    Ok(out)
+}
+
 async fn render(ctx: &Registry) -> anyhow::Result<String> {
     let stats: Vec<StatsResponse> =
         runtime::client::discover(&ctx.client, Verb::Stats, None, Duration::from_millis(250))
             .await?;
     let registrations = ctx.store.all(None).await.unwrap_or_default();
+    // Best effort: a JetStream hiccup (a leader election) costs the
+    // gauges of this scrape, not the whole scrape.
+    let jetstream =
+        match tokio::time::timeout(Duration::from_secs(3), jetstream_state(&ctx.js)).await {
+            Ok(Ok(state)) => state,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %format!("{err:#}"), "no JetStream gauges in this scrape");
+                Vec::new()
+            }
+            Err(_) => {
+                tracing::warn!("no JetStream gauges in this scrape: listing took over 3 s");
+                Vec::new()
+            }
+        };
     encode_metrics(
         &stats,
         registrations
             .iter()
             .map(|(r, _)| (r.name.as_str(), healthy(r, now_ms()))),
+        &jetstream,
     )
 }
 
@@ -74,6 +145,7 @@ async fn render(ctx: &Registry) -> anyhow::Result<String> {
 pub(crate) fn encode_metrics<'a>(
     stats: &[StatsResponse],
     registrations: impl Iterator<Item = (&'a str, bool)>,
+    jetstream: &[StreamState],
 ) -> anyhow::Result<String> {
     let mut registry = Metrics::with_prefix("switchyard");
     let requests = Family::<Labels, Counter>::default();
@@ -132,7 +204,58 @@ pub(crate) fn encode_metrics<'a>(
             ])
             .set(n);
     }
+    encode_jetstream(&mut registry, jetstream);
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)
+}
+
+/// Stream sizes and consumer lag: what "payments are backing up" and "the
+/// DLQ is not empty" alert on (`deploy/prometheus/alerts.yml`).
+fn encode_jetstream(registry: &mut Metrics, jetstream: &[StreamState]) {
+    let gauge = |registry: &mut Metrics, name: &str, help: &str| {
+        let family = Family::<Labels, Gauge>::default();
+        registry.register(name, help, family.clone());
+        family
+    };
+    let messages = gauge(
+        registry,
+        "stream_messages",
+        "Messages in a stream (a DLQ's depth)",
+    );
+    let bytes = gauge(registry, "stream_bytes", "Bytes in a stream");
+    let pending = gauge(
+        registry,
+        "consumer_num_pending",
+        "Messages a consumer has not delivered yet (its backlog)",
+    );
+    let ack_pending = gauge(
+        registry,
+        "consumer_num_ack_pending",
+        "Messages delivered and not yet acknowledged",
+    );
+    let redelivered = gauge(
+        registry,
+        "consumer_num_redelivered",
+        "Messages delivered more than once and not yet acknowledged",
+    );
+    let waiting = gauge(registry, "consumer_num_waiting", "Pull requests waiting");
+    let set = |family: &Family<Labels, Gauge>, labels: Labels, value: u64| {
+        family
+            .get_or_create(&labels)
+            .set(i64::try_from(value).unwrap_or(i64::MAX));
+    };
+    for s in jetstream {
+        let stream = vec![("stream".to_owned(), s.name.clone())];
+        set(&messages, stream.clone(), s.messages);
+        set(&bytes, stream.clone(), s.bytes);
+        for c in &s.consumers {
+            let mut labels = stream.clone();
+            labels.push(("consumer".to_owned(), c.name.clone()));
+            set(&pending, labels.clone(), c.pending);
+            set(&ack_pending, labels.clone(), c.ack_pending);
+            set(&redelivered, labels.clone(), c.redelivered);
+            set(&waiting, labels, c.waiting);
+        }
+    }
 }

@@ -138,6 +138,75 @@ async fn registration_health_removal_metrics_and_bad_input() {
         "{text}"
     );
 
+    // Stream and consumer gauges: a backlog of 3, then 1 delivered unacked.
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "METRICS_T".into(),
+            subjects: vec!["metrics.t".into()],
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for i in 0..3 {
+        js.publish("metrics.t", format!("m{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("c1".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let gauge = |text: &str, name: &str, consumer: Option<&str>| -> Option<f64> {
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition text");
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == name
+                    && s.labels.get("stream") == Some("METRICS_T")
+                    && s.labels.get("consumer") == consumer
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    let text = http_get(&url).await;
+    assert_eq!(
+        gauge(&text, "switchyard_stream_messages", None),
+        Some(3.0),
+        "{text}"
+    );
+    assert!(gauge(&text, "switchyard_stream_bytes", None).is_some_and(|b| b > 0.0));
+    assert_eq!(
+        gauge(&text, "switchyard_consumer_num_pending", Some("c1")),
+        Some(3.0),
+        "{text}"
+    );
+    let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let _held = futures::StreamExt::next(&mut batch).await.unwrap().unwrap();
+    let text = http_get(&url).await;
+    assert_eq!(
+        gauge(&text, "switchyard_consumer_num_pending", Some("c1")),
+        Some(2.0)
+    );
+    assert_eq!(
+        gauge(&text, "switchyard_consumer_num_ack_pending", Some("c1")),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(text.contains(
+        "# HELP switchyard_consumer_num_pending Messages a consumer has not delivered yet"
+    ));
+
     // Missed heartbeats: unhealthy after the TTL, then removed.
     let reg: serde_json::Value = call(
         client,
