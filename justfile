@@ -27,6 +27,14 @@ setup:
         "{{venv}}/bin/pip" install --quiet --disable-pip-version-check -e clients/python
     fi
     "$NATS_SERVER_BIN" --version
+    # promtool (Debian's prometheus package) checks and unit-tests the alert rules.
+    if ! command -v promtool >/dev/null; then
+        echo "installing promtool (Debian package prometheus)"
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    fi
+    promtool --version | head -1
 
 # Build every binary (debug; shared with the tests).
 build:

@@ -259,3 +259,62 @@ fn encode_jetstream(registry: &mut Metrics, jetstream: &[StreamState]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deploy(path: &str) -> String {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        std::fs::read_to_string(root.join(path)).unwrap_or_default()
+    }
+
+    /// `switchyard_…` names used by `text`.
+    fn names(text: &str) -> std::collections::BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("switchyard_"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_alerts_and_the_dashboard_use_only_exported_metrics() {
+        let stats: Vec<StatsResponse> = serde_json::from_value(serde_json::json!([{
+            "type": "io.nats.micro.v1.stats_response", "name": "math", "id": "a", "version": "1",
+            "started": "2026-11-25T00:00:00Z",
+            "endpoints": [{"name": "calculate", "subject": "services.math.calculate", "queue_group": "q",
+                "num_requests": 3, "num_errors": 1, "last_error": "", "processing_time": 1000,
+                "average_processing_time": 333}]
+        }]))
+        .unwrap_or_default();
+        assert_eq!(stats.len(), 1, "the sample stats decode");
+        let jetstream = [StreamState {
+            name: "PAYMENTS_DLQ".into(),
+            messages: 1,
+            bytes: 10,
+            consumers: vec![ConsumerState {
+                name: "c".into(),
+                pending: 1,
+                ack_pending: 1,
+                redelivered: 1,
+                waiting: 1,
+            }],
+        }];
+        let exported = encode_metrics(&stats, [("math", false)].into_iter(), &jetstream).unwrap();
+        let exported = names(&exported);
+        let alerts = deploy("prometheus/alerts.yml");
+        let dashboard = deploy("grafana/switchyard.json");
+        assert!(!alerts.is_empty() && !dashboard.is_empty());
+        let used: std::collections::BTreeSet<String> = names(&alerts)
+            .into_iter()
+            .chain(names(&dashboard))
+            .collect();
+        assert!(used.len() >= 8, "{used:?}");
+        for name in &used {
+            assert!(
+                exported.contains(name),
+                "{name} is not exported: {exported:?}"
+            );
+        }
+    }
+}
