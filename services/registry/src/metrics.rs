@@ -68,6 +68,14 @@ pub(crate) struct StreamState {
     pub(crate) consumers: Vec<ConsumerState>,
 }
 
+/// What `/metrics` shows of JetStream: every stream with its consumers,
+/// and the events in `EVENTS` by subject (`events.payment.completed` → n).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct JetStreamState {
+    pub(crate) streams: Vec<StreamState>,
+    pub(crate) events: BTreeMap<String, u64>,
+}
+
 /// One consumer's lag.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ConsumerState {
@@ -84,13 +92,24 @@ pub(crate) struct ConsumerState {
 
 /// Every stream and consumer of the account, from list calls (state only,
 /// no message is read).
-async fn jetstream_state(js: &jetstream::Context) -> anyhow::Result<Vec<StreamState>> {
-    let mut out = Vec::new();
+async fn jetstream_state(js: &jetstream::Context) -> anyhow::Result<JetStreamState> {
+    let mut out = JetStreamState::default();
     let mut streams = js.streams();
     while let Some(info) = streams.next().await {
         let info = info?;
         let name = info.config.name.clone();
         let stream = js.get_stream(&name).await?;
+        if name == protocol::names::streams::EVENTS {
+            // Per-subject counts: payments by final status, mails sent,
+            // failed and rejected, within EVENTS' retention.
+            let mut subjects = stream
+                .info_with_subjects(protocol::subjects::EVENTS_ALL)
+                .await?;
+            while let Some(pair) = subjects.next().await {
+                let (subject, n) = pair?;
+                out.events.insert(subject, n as u64);
+            }
+        }
         let mut consumers = Vec::new();
         let mut listed = stream.consumers();
         while let Some(c) = listed.next().await {
@@ -103,7 +122,7 @@ async fn jetstream_state(js: &jetstream::Context) -> anyhow::Result<Vec<StreamSt
                 waiting: c.num_waiting as u64,
             });
         }
-        out.push(StreamState {
+        out.streams.push(StreamState {
             name,
             messages: info.state.messages,
             bytes: info.state.bytes,
@@ -125,11 +144,11 @@ async fn render(ctx: &Registry) -> anyhow::Result<String> {
             Ok(Ok(state)) => state,
             Ok(Err(err)) => {
                 tracing::warn!(error = %format!("{err:#}"), "no JetStream gauges in this scrape");
-                Vec::new()
+                JetStreamState::default()
             }
             Err(_) => {
                 tracing::warn!("no JetStream gauges in this scrape: listing took over 3 s");
-                Vec::new()
+                JetStreamState::default()
             }
         };
     encode_metrics(
@@ -145,7 +164,7 @@ async fn render(ctx: &Registry) -> anyhow::Result<String> {
 pub(crate) fn encode_metrics<'a>(
     stats: &[StatsResponse],
     registrations: impl Iterator<Item = (&'a str, bool)>,
-    jetstream: &[StreamState],
+    jetstream: &JetStreamState,
 ) -> anyhow::Result<String> {
     let mut registry = Metrics::with_prefix("switchyard");
     let requests = Family::<Labels, Counter>::default();
@@ -212,7 +231,7 @@ pub(crate) fn encode_metrics<'a>(
 
 /// Stream sizes and consumer lag: what "payments are backing up" and "the
 /// DLQ is not empty" alert on (`deploy/prometheus/alerts.yml`).
-fn encode_jetstream(registry: &mut Metrics, jetstream: &[StreamState]) {
+fn encode_jetstream(registry: &mut Metrics, jetstream: &JetStreamState) {
     let gauge = |registry: &mut Metrics, name: &str, help: &str| {
         let family = Family::<Labels, Gauge>::default();
         registry.register(name, help, family.clone());
@@ -245,7 +264,24 @@ fn encode_jetstream(registry: &mut Metrics, jetstream: &[StreamState]) {
             .get_or_create(&labels)
             .set(i64::try_from(value).unwrap_or(i64::MAX));
     };
-    for s in jetstream {
+    let payments = gauge(
+        registry,
+        "payments",
+        "Payments by final status (their events in EVENTS, kept 7 days)",
+    );
+    let emails = gauge(
+        registry,
+        "emails",
+        "Mails sent, failed, rejected (their events in EVENTS, kept 7 days)",
+    );
+    for (prefix, family) in [("events.payment.", &payments), ("events.email.", &emails)] {
+        for (subject, n) in &jetstream.events {
+            if let Some(status) = subject.strip_prefix(prefix) {
+                set(family, vec![("status".to_owned(), status.to_owned())], *n);
+            }
+        }
+    }
+    for s in &jetstream.streams {
         let stream = vec![("stream".to_owned(), s.name.clone())];
         set(&messages, stream.clone(), s.messages);
         set(&bytes, stream.clone(), s.bytes);
@@ -288,7 +324,12 @@ mod tests {
         }]))
         .unwrap_or_default();
         assert_eq!(stats.len(), 1, "the sample stats decode");
-        let jetstream = [StreamState {
+        let mut jetstream = JetStreamState::default();
+        jetstream
+            .events
+            .insert("events.payment.completed".into(), 4);
+        jetstream.events.insert("events.email.sent".into(), 2);
+        jetstream.streams = vec![StreamState {
             name: "PAYMENTS_DLQ".into(),
             messages: 1,
             bytes: 10,
@@ -301,6 +342,14 @@ mod tests {
             }],
         }];
         let exported = encode_metrics(&stats, [("math", false)].into_iter(), &jetstream).unwrap();
+        assert!(
+            exported.contains("switchyard_payments{status=\"completed\"} 4"),
+            "{exported}"
+        );
+        assert!(
+            exported.contains("switchyard_emails{status=\"sent\"} 2"),
+            "{exported}"
+        );
         let exported = names(&exported);
         let alerts = deploy("prometheus/alerts.yml");
         let dashboard = deploy("grafana/switchyard.json");

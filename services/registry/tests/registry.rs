@@ -207,6 +207,36 @@ async fn registration_health_removal_metrics_and_bad_input() {
         "# HELP switchyard_consumer_num_pending Messages a consumer has not delivered yet"
     ));
 
+    // Payments and mails by status, from EVENTS' per-subject counts.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "EVENTS".into(),
+        subjects: vec!["events.>".into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for subject in [
+        "events.payment.completed",
+        "events.payment.completed",
+        "events.payment.failed",
+        "events.email.sent",
+    ] {
+        js.publish(subject, "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let text = http_get(&url).await;
+    for line in [
+        "switchyard_payments{status=\"completed\"} 2",
+        "switchyard_payments{status=\"failed\"} 1",
+        "switchyard_emails{status=\"sent\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+
     // Missed heartbeats: unhealthy after the TTL, then removed.
     let reg: serde_json::Value = call(
         client,
