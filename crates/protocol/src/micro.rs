@@ -22,6 +22,25 @@ pub const SRV_ALL: &str = "$SRV.>";
 /// because their reply subject was not an inbox (`subjects::is_inbox`).
 pub const REFUSED_REPLIES: &str = "refused_replies";
 
+/// The `$SRV.STATS` endpoint `data` key holding its latency histogram:
+/// one count per bucket of [`LATENCY_BUCKETS_SECONDS`] (a request taking
+/// at most that long, and more than the bucket before), then one for
+/// slower requests.
+pub const LATENCY_BUCKETS: &str = "latency_buckets";
+/// Upper bounds of the latency buckets, in seconds.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The bucket of [`LATENCY_BUCKETS_SECONDS`] a request of `seconds` falls
+/// in (the last index, `LATENCY_BUCKETS_SECONDS.len()`, for slower ones).
+pub fn latency_bucket(seconds: f64) -> usize {
+    LATENCY_BUCKETS_SECONDS
+        .iter()
+        .position(|bound| seconds <= *bound)
+        .unwrap_or(LATENCY_BUCKETS_SECONDS.len())
+}
+
 /// The three discovery verbs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verb {

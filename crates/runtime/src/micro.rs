@@ -491,9 +491,36 @@ fn refuse_reply(ctx: &EndpointCtx, message: &Message) -> bool {
         && let Some(s) = stats.get_mut(ctx.index)
     {
         let refused = refused_replies(s).saturating_add(1);
-        s.data = Some(serde_json::json!({ REFUSED_REPLIES: refused }));
+        data_of(s).insert(REFUSED_REPLIES.to_owned(), refused.into());
     }
     true
+}
+
+/// The endpoint's `data` object, made one if it is not.
+fn data_of(stats: &mut EndpointStats) -> &mut serde_json::Map<String, serde_json::Value> {
+    if !matches!(stats.data, Some(serde_json::Value::Object(_))) {
+        stats.data = Some(serde_json::Value::Object(serde_json::Map::new()));
+    }
+    match stats.data.as_mut() {
+        Some(serde_json::Value::Object(map)) => map,
+        // Made an object just above.
+        _ => unreachable!("data is an object"),
+    }
+}
+
+/// Counts one request of `seconds` in the endpoint's latency histogram
+/// ([`protocol::micro::LATENCY_BUCKETS`]).
+fn observe_latency(stats: &mut EndpointStats, seconds: f64) {
+    let n = protocol::micro::LATENCY_BUCKETS_SECONDS.len() + 1;
+    let data = data_of(stats);
+    let buckets = data
+        .entry(protocol::micro::LATENCY_BUCKETS)
+        .or_insert_with(|| serde_json::Value::Array(vec![0.into(); n]));
+    if let serde_json::Value::Array(counts) = buckets
+        && let Some(slot) = counts.get_mut(protocol::micro::latency_bucket(seconds))
+    {
+        *slot = (slot.as_u64().unwrap_or(0) + 1).into();
+    }
 }
 
 /// How many requests of this endpoint were refused for a reply subject
@@ -618,6 +645,7 @@ async fn handle(ctx: &EndpointCtx, message: Message) {
         && let Some(s) = stats.get_mut(ctx.index)
     {
         s.num_requests += 1;
+        observe_latency(s, started.elapsed().as_secs_f64());
         s.processing_time = s.processing_time.saturating_add(elapsed);
         s.average_processing_time = s.processing_time / s.num_requests;
         if let Err(err) = &result {

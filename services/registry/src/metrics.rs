@@ -26,6 +26,61 @@ use tokio_util::sync::CancellationToken;
 
 type Labels = Vec<(String, String)>;
 
+/// One endpoint's latency histogram as its instance counted it (per-bucket
+/// counts from `$SRV.STATS` `data.latency_buckets`), encoded as an
+/// OpenMetrics histogram.
+#[derive(Debug, Default, Clone)]
+struct Latency(Arc<std::sync::Mutex<LatencyData>>);
+
+#[derive(Debug, Default)]
+struct LatencyData {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl prometheus_client::metrics::TypedMetric for Latency {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for Latency {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        let data = self.0.lock().map_err(|_| std::fmt::Error)?;
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            data.sum,
+            data.count,
+            &data.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
+/// The per-bucket counts of an endpoint's `data.latency_buckets`, paired
+/// with their upper bounds (the last one +Inf); `None` when absent or not
+/// the expected shape.
+fn latency_buckets(data: Option<&serde_json::Value>) -> Option<Vec<(f64, u64)>> {
+    let counts = data?
+        .get(protocol::micro::LATENCY_BUCKETS)?
+        .as_array()?
+        .iter()
+        .map(serde_json::Value::as_u64)
+        .collect::<Option<Vec<u64>>>()?;
+    let bounds = protocol::micro::LATENCY_BUCKETS_SECONDS
+        .iter()
+        .copied()
+        .chain([f64::INFINITY]);
+    (counts.len() == protocol::micro::LATENCY_BUCKETS_SECONDS.len() + 1)
+        .then(|| bounds.zip(counts).collect())
+}
+
 /// Serves `GET /metrics` until `stop`.
 pub(crate) async fn serve(
     state: Arc<Registry>,
@@ -171,6 +226,12 @@ pub(crate) fn encode_metrics<'a>(
     let errors = Family::<Labels, Counter>::default();
     let seconds = Family::<Labels, Counter<f64, AtomicU64>>::default();
     let instances = Family::<Labels, Gauge>::default();
+    let latency = Family::<Labels, Latency>::default();
+    registry.register(
+        "request_duration_seconds",
+        "Time to handle a request, per service instance and endpoint",
+        latency.clone(),
+    );
     registry.register(
         "requests",
         "Requests handled, per service instance and endpoint",
@@ -203,6 +264,13 @@ pub(crate) fn encode_metrics<'a>(
             seconds
                 .get_or_create(&labels)
                 .inc_by(e.processing_time as f64 / 1e9);
+            if let Some(buckets) = latency_buckets(e.data.as_ref())
+                && let Ok(mut data) = latency.get_or_create(&labels).0.lock()
+            {
+                data.count = buckets.iter().map(|(_, n)| n).sum();
+                data.sum = e.processing_time as f64 / 1e9;
+                data.buckets = buckets;
+            }
         }
     }
     let mut by_health: BTreeMap<(String, bool), i64> = BTreeMap::new();
@@ -320,7 +388,8 @@ mod tests {
             "started": "2026-11-25T00:00:00Z",
             "endpoints": [{"name": "calculate", "subject": "services.math.calculate", "queue_group": "q",
                 "num_requests": 3, "num_errors": 1, "last_error": "", "processing_time": 1000,
-                "average_processing_time": 333}]
+                "average_processing_time": 333,
+                "data": {"latency_buckets": [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]}}]
         }]))
         .unwrap_or_default();
         assert_eq!(stats.len(), 1, "the sample stats decode");
@@ -350,6 +419,15 @@ mod tests {
             exported.contains("switchyard_emails{status=\"sent\"} 2"),
             "{exported}"
         );
+        for line in [
+            "# TYPE switchyard_request_duration_seconds histogram",
+            "switchyard_request_duration_seconds_bucket{le=\"0.0005\",service=\"math\",instance=\"a\",endpoint=\"calculate\"} 2",
+            "switchyard_request_duration_seconds_bucket{le=\"5.0\",service=\"math\",instance=\"a\",endpoint=\"calculate\"} 2",
+            "switchyard_request_duration_seconds_bucket{le=\"+Inf\",service=\"math\",instance=\"a\",endpoint=\"calculate\"} 3",
+            "switchyard_request_duration_seconds_count{service=\"math\",instance=\"a\",endpoint=\"calculate\"} 3",
+        ] {
+            assert!(exported.contains(line), "{line} missing:\n{exported}");
+        }
         let exported = names(&exported);
         let alerts = deploy("prometheus/alerts.yml");
         let dashboard = deploy("grafana/switchyard.json");

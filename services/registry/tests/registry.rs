@@ -128,6 +128,15 @@ async fn registration_health_removal_metrics_and_bad_input() {
     assert_eq!(value("switchyard_requests_total"), Some(8.0), "{text}");
     assert_eq!(value("switchyard_errors_total"), Some(1.0), "{text}");
     assert!(value("switchyard_processing_seconds_total").is_some_and(|s| s > 0.0));
+    // The latency histogram counts the same 8 requests.
+    let count_line = format!(
+        "switchyard_request_duration_seconds_count{{service=\"demo\",instance=\"{demo_id}\",endpoint=\"echo\"}} 8"
+    );
+    assert!(text.contains(&count_line), "{count_line} missing:\n{text}");
+    assert!(
+        text.contains("switchyard_request_duration_seconds_bucket{le=\"+Inf\",service=\"demo\""),
+        "{text}"
+    );
     assert!(
         scrape
             .samples
