@@ -85,6 +85,7 @@ async def test_payments(sy, admin):
     pid = uid("py-pay")
     ack = await sy.payments.publish("user-py", "19.99", payment_id=pid, email="payer@b.example")
     assert ack.payment_id == pid and ack.stream == "PAYMENTS" and not ack.duplicate
+    assert len(ack.trace_id) == 32 and int(ack.trace_id, 16) > 0
     status = await sy.payments.wait(pid)
     assert (status.status, status.amount, status.currency, status.attempts, status.reason) == ("completed", "19.99", "USD", 1, None)
     again = await sy.payments.publish("user-py", "19.99", payment_id=pid)

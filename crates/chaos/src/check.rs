@@ -338,6 +338,7 @@ mod tests {
             replays: 0,
             charge_id: charge_id.map(str::to_owned),
             dlq_reason: None,
+            traceparent: None,
         }
     }
 

@@ -103,11 +103,17 @@ pub(crate) async fn run(
             };
             let js = jetstream::new(client.clone());
             let body = serde_json::to_vec(&request)?;
-            let ack = runtime::js::publish_durable(&js, subjects::PAYMENT_PROCESS, &request.payment_id, None, body.into(), timeout)
+            // A new trace per payment: its event and receipt continue it.
+            let traceparent = runtime::trace::child(None);
+            let trace_id = runtime::trace::trace_id(&traceparent)
+                .unwrap_or_default()
+                .to_owned();
+            let headers = runtime::trace::headers(&traceparent);
+            let ack = runtime::js::publish_durable(&js, subjects::PAYMENT_PROCESS, &request.payment_id, Some(&headers), body.into(), timeout)
                 .await
                 .context("the PAYMENTS stream did not acknowledge the payment (is payment-processor running?)")?;
             crate::say(format_args!(
-                "{}: published to {} seq {}{}",
+                "{}: published to {} seq {} (trace {trace_id}){}",
                 request.payment_id,
                 ack.stream,
                 ack.sequence,

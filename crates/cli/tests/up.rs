@@ -448,6 +448,7 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("up-pay-1 completed"), "{out:?}");
+    assert!(said.contains(" (trace "), "the CLI prints the payment's trace id: {said}");
 
     let children = pids(&state);
     let services = [

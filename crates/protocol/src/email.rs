@@ -55,6 +55,10 @@ pub struct EmailJob {
     /// For receipts.
     #[serde(default)]
     pub payment_id: Option<String>,
+    /// The W3C `traceparent` of what queued the mail (a receipt: its
+    /// payment event's); the mail's own events continue that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// `events.email.sent` / `events.email.failed` (Msg-Id `<id>.<sent|failed>`).
@@ -147,6 +151,7 @@ mod tests {
             scheduled_for: None,
             idempotency_key: None,
             payment_id: Some("p".into()),
+            traceparent: None,
         };
         let back: EmailJob = serde_json::from_slice(&serde_json::to_vec(&job).unwrap()).unwrap();
         assert_eq!(back, job);

@@ -134,6 +134,10 @@ pub struct PaymentRecord {
     /// e.g. a rule rejected it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dlq_reason: Option<DlqReason>,
+    /// The W3C `traceparent` of the message that first claimed the payment:
+    /// its events continue that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl PaymentRecord {
@@ -313,6 +317,7 @@ mod tests {
             dlq_reason: None,
             replays: 0,
             charge_id: Some("ch".into()),
+            traceparent: None,
         };
         let v = serde_json::to_value(StatusReply::from(&record)).unwrap();
         assert_eq!(v["reason"], serde_json::Value::Null);

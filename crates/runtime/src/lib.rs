@@ -19,6 +19,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;
+pub mod trace;
 pub mod worker;
 
 pub use app::{App, Builder, Stopped, is_stopped};

@@ -103,6 +103,7 @@ pub(crate) async fn accept(
         scheduled_for: scheduled_for.clone(),
         idempotency_key: req.idempotency_key.clone(),
         payment_id: None,
+        traceparent: None,
     };
     let body = serde_json::to_vec(&job)
         .map_err(|e| ServiceError::internal(format!("encoding the mail: {e}")))?;

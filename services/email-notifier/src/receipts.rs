@@ -26,6 +26,7 @@ pub(crate) fn receipt_job(event: &PaymentEvent) -> Option<EmailJob> {
         scheduled_for: None,
         idempotency_key: None,
         payment_id: Some(event.payment_id.clone()),
+        traceparent: None,
     })
 }
 
@@ -39,10 +40,14 @@ pub(crate) async fn receipt(ctx: Arc<Notifier>, message: jetstream::Message) {
             return;
         }
     };
-    let Some(job) = receipt_job(&event) else {
+    let Some(mut job) = receipt_job(&event) else {
         let _ = message.ack().await;
         return;
     };
+    // The receipt continues the payment event's trace.
+    let traceparent =
+        runtime::trace::child(runtime::trace::of(message.headers.as_ref()).as_deref());
+    job.traceparent = Some(traceparent.clone());
     let body = match serde_json::to_vec(&job) {
         Ok(body) => body,
         Err(err) => {
@@ -55,7 +60,7 @@ pub(crate) async fn receipt(ctx: Arc<Notifier>, message: jetstream::Message) {
         &ctx.js,
         email::subjects::OUTBOX,
         &msg_id,
-        None,
+        Some(&runtime::trace::headers(&traceparent)),
         body.into(),
         ctx.budget(),
     )

@@ -245,11 +245,13 @@ async fn publish(ctx: &Notifier, job: &EmailJob, error: Option<String>) -> anyho
         error,
     };
     let body = serde_json::to_vec(&event)?;
+    // The mail's event continues the trace of what queued it.
+    let headers = runtime::trace::headers(&runtime::trace::child(job.traceparent.as_deref()));
     runtime::js::publish_durable(
         &ctx.js,
         subject,
         &format!("{}.{status}", job.id),
-        None,
+        Some(&headers),
         body.into(),
         ctx.budget(),
     )

@@ -307,6 +307,9 @@ async fn queue_group_idempotency_parsing_bad_input_and_receipts() {
         email: None,
         ..event.clone()
     };
+    // The payment's trace: the receipt and its sent event continue it.
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = runtime::trace::headers(trace);
     for (e, id) in [
         (&event, "pay-rcpt-1.completed"),
         (&no_email, "pay-rcpt-2.completed"),
@@ -316,7 +319,7 @@ async fn queue_group_idempotency_parsing_bad_input_and_receipts() {
             &js,
             subjects::EVENT_PAYMENT_COMPLETED,
             id,
-            None,
+            Some(&traced),
             serde_json::to_vec(e).unwrap().into(),
             TIMEOUT,
         )
@@ -343,6 +346,35 @@ async fn queue_group_idempotency_parsing_bad_input_and_receipts() {
         .filter(|e| e.id == "rcpt-pay-rcpt-1")
         .count();
     assert_eq!(receipts, 1, "one receipt per payment");
+    let trace_of = |m: &async_nats::jetstream::Message| {
+        runtime::trace::of(m.headers.as_ref())
+            .and_then(|t| runtime::trace::trace_id(&t).map(str::to_owned))
+    };
+    let queued = testkit::js::read_stream(&js, "EMAILS", protocol::email::subjects::OUTBOX).await;
+    let job = queued
+        .iter()
+        .find(|m| {
+            serde_json::from_slice::<EmailJob>(&m.payload).is_ok_and(|j| j.id == "rcpt-pay-rcpt-1")
+        })
+        .expect("the receipt job in EMAILS");
+    assert_eq!(
+        trace_of(job).as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "the receipt continues the payment's trace"
+    );
+    let sent = testkit::js::read_stream(&js, "EVENTS", "events.email.sent").await;
+    let sent = sent
+        .iter()
+        .find(|m| {
+            serde_json::from_slice::<EmailEvent>(&m.payload)
+                .is_ok_and(|e| e.id == "rcpt-pay-rcpt-1")
+        })
+        .expect("the receipt's sent event");
+    assert_eq!(
+        trace_of(sent).as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "the sent event continues it too"
+    );
     c.stop().await;
 }
 

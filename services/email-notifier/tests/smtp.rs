@@ -223,6 +223,7 @@ async fn a_mail_reaches_the_relay_once_with_its_message_id_and_a_replayed_job_is
         scheduled_for: None,
         idempotency_key: Some(key),
         payment_id: None,
+        traceparent: None,
     };
     let replayed = runtime::js::publish_durable(
         &js,

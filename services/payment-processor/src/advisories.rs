@@ -81,6 +81,7 @@ async fn give_up(
         seq,
         deliveries,
         replay: worker::replay_of(Some(&original.headers)),
+        traceparent: runtime::trace::of(Some(&original.headers)),
     };
     match worker::settle(ctx, &delivery, Some(error)).await? {
         Outcome::Nak(retry_in) => return Ok(Some(retry_in)),

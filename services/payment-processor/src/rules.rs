@@ -88,6 +88,7 @@ pub fn invalid_record(body: &[u8], seq: u64, why: &str) -> Option<PaymentRecord>
         replays: 0,
         charge_id: None,
         dlq_reason: Some(DlqReason::InvalidMessage),
+        traceparent: None,
     })
 }
 

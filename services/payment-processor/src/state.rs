@@ -94,8 +94,18 @@ impl Processor {
             at: record.updated_at.clone(),
         };
         let body = serde_json::to_vec(&event)?;
-        runtime::js::publish_durable(&self.js, subject, &msg_id, None, body.into(), self.budget())
-            .await?;
+        // The event continues the payment message's trace.
+        let headers =
+            runtime::trace::headers(&runtime::trace::child(record.traceparent.as_deref()));
+        runtime::js::publish_durable(
+            &self.js,
+            subject,
+            &msg_id,
+            Some(&headers),
+            body.into(),
+            self.budget(),
+        )
+        .await?;
         Ok(())
     }
 }

@@ -70,6 +70,7 @@ impl Store {
         seq: u64,
         replay: u32,
         lease: Lease,
+        traceparent: Option<&str>,
     ) -> anyhow::Result<Claim> {
         let hold_ms = u64::try_from(lease.hold.as_millis()).unwrap_or(u64::MAX);
         let margin_ms = u64::try_from(lease.clock_margin.as_millis()).unwrap_or(u64::MAX);
@@ -83,6 +84,7 @@ impl Store {
             replays,
             charge_id: None,
             dlq_reason: None,
+            traceparent: traceparent.map(str::to_owned),
             ..record_from(req)
         };
         // Most payments are new: try to create first, read only on conflict.
@@ -284,6 +286,8 @@ impl WithOriginal for PaymentRecord {
             currency: original.currency.clone(),
             email: original.email.clone(),
             charge_id: original.charge_id.clone(),
+            // The trace of the message that first claimed it.
+            traceparent: original.traceparent.clone().or(self.traceparent),
             ..self
         }
     }
@@ -306,6 +310,7 @@ fn record_from(req: &PaymentRequest) -> PaymentRecord {
         replays: 0,
         charge_id: None,
         dlq_reason: None,
+        traceparent: None,
     }
 }
 

@@ -46,6 +46,8 @@ pub(crate) struct Delivery<'a> {
     pub(crate) seq: u64,
     pub(crate) deliveries: u64,
     pub(crate) replay: u32,
+    /// The message's W3C `traceparent`, if it has one.
+    pub(crate) traceparent: Option<String>,
 }
 
 /// The replay number a message carries (0: the original publish).
@@ -68,6 +70,7 @@ pub(crate) async fn process(ctx: Arc<Processor>, message: jetstream::Message) {
         seq: info.stream_sequence,
         deliveries: u64::try_from(info.delivered).unwrap_or(0),
         replay: replay_of(message.headers.as_ref()),
+        traceparent: runtime::trace::of(message.headers.as_ref()),
     };
     let seq = delivery.seq;
     // The runtime's worker keeps the ack deadline moving while this runs.
@@ -108,7 +111,13 @@ pub(crate) async fn settle(
     };
     let claim = ctx
         .store
-        .claim(&req, delivery.seq, delivery.replay, ctx.lease())
+        .claim(
+            &req,
+            delivery.seq,
+            delivery.replay,
+            ctx.lease(),
+            delivery.traceparent.as_deref(),
+        )
         .await?;
     let (record, revision) = match claim {
         Claim::Claimed { record, revision } => (record, revision),

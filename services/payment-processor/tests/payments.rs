@@ -264,6 +264,51 @@ async fn happy_path_duplicates_rules_invalid_messages_and_bad_input() {
         (seed.amount.as_str(), seed.currency.as_str()),
         ("99.99", "USD")
     );
+    // A payment published with a trace: its event continues it (same
+    // trace id, a new span).
+    let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    runtime::js::publish_durable(
+        &js,
+        subjects::PAYMENT_PROCESS,
+        "traced-pay-1",
+        Some(&runtime::trace::headers(trace)),
+        serde_json::to_vec(&payment("traced-pay-1", "5.00", "USD"))
+            .unwrap()
+            .into(),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    wait_status(
+        &client,
+        "traced-pay-1",
+        PaymentStatus::Completed,
+        Duration::from_secs(15),
+    )
+    .await;
+    let event = eventually(
+        "the traced payment's event",
+        Duration::from_secs(10),
+        || async {
+            testkit::js::read_stream(&js, "EVENTS", subjects::EVENT_PAYMENT_COMPLETED)
+                .await
+                .into_iter()
+                .find(|m| {
+                    serde_json::from_slice::<PaymentEvent>(&m.payload)
+                        .is_ok_and(|e| e.payment_id == "traced-pay-1")
+                })
+                .ok_or("not yet")
+        },
+    )
+    .await;
+    let event_trace = runtime::trace::of(event.headers.as_ref()).unwrap_or_default();
+    assert_eq!(
+        runtime::trace::trace_id(&event_trace),
+        Some("0af7651916cd43dd8448eb211c80319c"),
+        "{event_trace}"
+    );
+    assert_ne!(event_trace, trace, "a new span");
+
     // More decimals than the currency has: failed with the reason.
     runtime::js::publish_durable(
         &js,

@@ -6,6 +6,7 @@ import asyncio
 import datetime as _dt
 import json
 import os
+import random
 import ssl
 import uuid
 from decimal import Decimal
@@ -360,13 +361,17 @@ class PaymentClient:
         """
         req = self.payment_request(user_id, amount, currency, payment_id, email, subscription_id)
         payload = json.dumps(req).encode()
-        headers = {HEADER_MSG_ID: req["payment_id"]}
+        # A new trace per payment (W3C traceparent): the processor's event,
+        # the receipt and its event continue it.
+        trace_id = f"{random.getrandbits(128) or 1:032x}"
+        headers = {HEADER_MSG_ID: req["payment_id"], "traceparent": f"00-{trace_id}-{random.getrandbits(64) or 1:016x}-01"}
         deadline = asyncio.get_running_loop().time() + retry_for
         delay = 0.05
         while True:
             try:
                 ack = await self._sy.js.publish(PAYMENT_PROCESS, payload, timeout=2.0, headers=headers)
-                return PaymentAck(payment_id=req["payment_id"], stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+                return PaymentAck(payment_id=req["payment_id"], stream=ack.stream, seq=ack.seq,
+                                  duplicate=bool(ack.duplicate), trace_id=trace_id)
             except (NatsTimeout, NoRespondersError, NoStreamResponseError, APIError) as e:
                 if asyncio.get_running_loop().time() + delay > deadline:
                     raise Timeout(f"payment {req['payment_id']} not acknowledged within {retry_for}s: {e!r}") from e

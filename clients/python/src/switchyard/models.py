@@ -26,6 +26,9 @@ class PaymentAck:
     stream: str
     seq: int
     duplicate: bool
+    #: The W3C trace id the payment was published with; its event, receipt
+    #: and the receipt's event continue that trace.
+    trace_id: str = ""
 
 
 @dataclass(frozen=True)
