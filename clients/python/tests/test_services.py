@@ -86,6 +86,15 @@ async def test_payments(sy, admin):
     ack = await sy.payments.publish("user-py", "19.99", payment_id=pid, email="payer@b.example")
     assert ack.payment_id == pid and ack.stream == "PAYMENTS" and not ack.duplicate
     assert len(ack.trace_id) == 32 and int(ack.trace_id, 16) > 0
+    # The chain can be followed: the processor's log line of this payment
+    # carries its trace id, and the log query finds it by that id.
+    traced = []
+    for _ in range(100):
+        traced = await sy.logs.query(trace_id=ack.trace_id)
+        if any(e.service == "payment-processor" for e in traced):
+            break
+        await asyncio.sleep(0.1)
+    assert any(e.service == "payment-processor" and pid in json.dumps(e.fields) for e in traced), traced
     status = await sy.payments.wait(pid)
     assert (status.status, status.amount, status.currency, status.attempts, status.reason) == ("completed", "19.99", "USD", 1, None)
     again = await sy.payments.publish("user-py", "19.99", payment_id=pid)

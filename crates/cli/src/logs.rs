@@ -36,6 +36,9 @@ enum LogsCommand {
         since: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Only records of this trace (the id `switchyard pay` prints).
+        #[arg(long)]
+        trace: Option<String>,
     },
 }
 
@@ -75,12 +78,14 @@ pub(crate) async fn run(
             level,
             since,
             limit,
+            trace,
         } => {
             let query = LogQuery {
                 service,
                 level,
                 since,
                 limit: Some(limit),
+                trace_id: trace,
             };
             let reply: LogQueryReply = call(&client, subjects::LOGS_QUERY, &query, timeout).await?;
             for entry in reply.entries {

@@ -448,7 +448,10 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("up-pay-1 completed"), "{out:?}");
-    assert!(said.contains(" (trace "), "the CLI prints the payment's trace id: {said}");
+    assert!(
+        said.contains(" (trace "),
+        "the CLI prints the payment's trace id: {said}"
+    );
 
     let children = pids(&state);
     let services = [

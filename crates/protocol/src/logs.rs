@@ -59,7 +59,15 @@ pub struct LogQuery {
     /// The most recent `limit` matches (1 to 1000; default 100).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Only records of this W3C trace (32 lower-case hex digits): their
+    /// `fields.trace_id` ([`TRACE_ID_FIELD`]).
+    #[serde(default)]
+    pub trace_id: Option<String>,
 }
+
+/// The `fields` key holding a record's W3C trace id: set by the publisher,
+/// or by the log-worker from the message's `traceparent` header.
+pub const TRACE_ID_FIELD: &str = "trace_id";
 
 /// `services.logs.query` reply, oldest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -130,7 +130,16 @@ const RECORD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 async fn announce(ctx: &Notifier, job: &EmailJob, last: bool, retry: Reply) -> Reply {
     match publish(ctx, job, None).await {
         Ok(()) => {
-            tracing::info!(id = %job.id, to = %job.to, "mail sent");
+            tracing::info!(
+                id = %job.id,
+                to = %job.to,
+                trace_id = job
+                    .traceparent
+                    .as_deref()
+                    .and_then(runtime::trace::trace_id)
+                    .unwrap_or_default(),
+                "mail sent"
+            );
             Reply::Ack
         }
         Err(err) if last => {

@@ -4,7 +4,7 @@ use crate::LogWorker;
 use crate::records::{self, Line};
 use async_nats::jetstream::{consumer, stream};
 use futures::StreamExt as _;
-use protocol::logs::{LogEntry, LogQuery, LogQueryReply, LogStats, valid_service};
+use protocol::logs::{LogEntry, LogQuery, LogQueryReply, LogStats, TRACE_ID_FIELD, valid_service};
 use protocol::subjects::{self, LOG_LEVELS};
 use protocol::{ErrorCode, ServiceError};
 use runtime::micro::NoInput;
@@ -41,6 +41,7 @@ pub(crate) struct Plan {
     pub(crate) level: Option<String>,
     pub(crate) since: Option<OffsetDateTime>,
     pub(crate) limit: usize,
+    pub(crate) trace_id: Option<String>,
 }
 
 pub(crate) fn plan(query: LogQuery) -> Result<Plan, ServiceError> {
@@ -65,6 +66,16 @@ pub(crate) fn plan(query: LogQuery) -> Result<Plan, ServiceError> {
         })?),
         None => None,
     };
+    if let Some(trace) = &query.trace_id
+        && !(trace.len() == 32
+            && trace
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    {
+        return Err(ServiceError::invalid_request(format!(
+            "trace_id {trace:?} must be 32 lower-case hex digits (a W3C trace id)"
+        )));
+    }
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ServiceError::invalid_request(format!(
@@ -86,6 +97,7 @@ pub(crate) fn plan(query: LogQuery) -> Result<Plan, ServiceError> {
         level: query.level,
         since,
         limit,
+        trace_id: query.trace_id,
     })
 }
 
@@ -132,10 +144,17 @@ async fn run_query(
     {
         let Ok(info) = message.info() else { break };
         let (seq, pending) = (info.stream_sequence, info.pending);
-        if let Line::Record { record, .. } =
-            records::line_for(&message.subject, seq, &message.payload)
-            && plan.service.as_ref().is_none_or(|s| *s == record.service)
+        let traceparent = runtime::trace::of(message.headers.as_ref());
+        if let Line::Record { record, .. } = records::line_for(
+            &message.subject,
+            seq,
+            &message.payload,
+            traceparent.as_deref(),
+        ) && plan.service.as_ref().is_none_or(|s| *s == record.service)
             && plan.level.as_ref().is_none_or(|l| *l == record.level)
+            && plan.trace_id.as_ref().is_none_or(|t| {
+                record.fields.get(TRACE_ID_FIELD).and_then(|v| v.as_str()) == Some(t.as_str())
+            })
         {
             if entries.len() == plan.limit {
                 entries.pop_front();

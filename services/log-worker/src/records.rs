@@ -1,7 +1,7 @@
 //! Turning a `LOGS` message into a line for a file: pure, unit-tested.
 
 use protocol::logs::{
-    CLAIMED_LEVEL_FIELD, CLAIMED_SERVICE_FIELD, LogEntry, LogRecord, valid_service,
+    CLAIMED_LEVEL_FIELD, CLAIMED_SERVICE_FIELD, LogEntry, LogRecord, TRACE_ID_FIELD, valid_service,
 };
 use protocol::subjects::LOG_LEVELS;
 
@@ -47,10 +47,19 @@ fn plain_text(body: &[u8]) -> Option<&str> {
     Some(text)
 }
 
-/// Checks a message on `subject` with stream sequence `seq`.
-pub fn line_for(subject: &str, seq: u64, body: &[u8]) -> Line {
+/// Checks a message on `subject` with stream sequence `seq`; a record
+/// without a `fields.trace_id` gets the trace id of the message's
+/// `traceparent`, if it has a valid one.
+pub fn line_for(subject: &str, seq: u64, body: &[u8], traceparent: Option<&str>) -> Line {
     match check(subject, body) {
-        Ok(record) => {
+        Ok(mut record) => {
+            if let Some(trace) = traceparent.and_then(runtime::trace::trace_id)
+                && !record.fields.contains_key(TRACE_ID_FIELD)
+            {
+                record
+                    .fields
+                    .insert(TRACE_ID_FIELD.to_owned(), trace.to_owned().into());
+            }
             let entry = LogEntry { record, seq };
             let line = serde_json::to_string(&entry).unwrap_or_default();
             Line::Record {
@@ -158,7 +167,7 @@ mod tests {
     use super::*;
 
     fn reason(subject: &str, body: &str) -> String {
-        match line_for(subject, 1, body.as_bytes()) {
+        match line_for(subject, 1, body.as_bytes(), None) {
             Line::Rejected { reason, .. } => reason,
             Line::Record { line, .. } => panic!("accepted: {line}"),
         }
@@ -167,7 +176,8 @@ mod tests {
     #[test]
     fn records_get_their_seq() {
         let body = r#"{"ts":"t","service":"math","level":"info","message":"hi","fields":{"a":1}}"#;
-        let Line::Record { record, line } = line_for("logs.math.info", 42, body.as_bytes()) else {
+        let Line::Record { record, line } = line_for("logs.math.info", 42, body.as_bytes(), None)
+        else {
             panic!()
         };
         assert_eq!(record.service, "math");
@@ -179,7 +189,7 @@ mod tests {
     #[test]
     fn the_subject_fills_in_service_and_level() {
         let Line::Record { record, .. } =
-            line_for("logs.pay.warn", 1, br#"{"ts":"t","message":"m"}"#)
+            line_for("logs.pay.warn", 1, br#"{"ts":"t","message":"m"}"#, None)
         else {
             panic!()
         };
@@ -192,7 +202,8 @@ mod tests {
     #[test]
     fn the_subject_decides_over_the_body() {
         let body = br#"{"ts":"t","service":"payment-processor","level":"error","message":"m","fields":{"a":1}}"#;
-        let Line::Record { record, line } = line_for("logs.math-service.info", 3, body) else {
+        let Line::Record { record, line } = line_for("logs.math-service.info", 3, body, None)
+        else {
             panic!()
         };
         assert_eq!(
@@ -209,6 +220,7 @@ mod tests {
             "logs.math.warn",
             4,
             br#"{"ts":"t","service":"math","level":"warn","message":"m"}"#,
+            None,
         ) else {
             panic!()
         };
@@ -218,6 +230,7 @@ mod tests {
             "logs.math.info",
             5,
             br#"{"ts":"t","service":"../etc/passwd","level":"loud","message":"m"}"#,
+            None,
         ) else {
             panic!()
         };
@@ -227,7 +240,8 @@ mod tests {
 
     #[test]
     fn plain_text_is_a_record() {
-        let Line::Record { record, .. } = line_for("logs.process", 3, b"Log message 7") else {
+        let Line::Record { record, .. } = line_for("logs.process", 3, b"Log message 7", None)
+        else {
             panic!("plain text rejected")
         };
         assert_eq!(
@@ -239,7 +253,8 @@ mod tests {
             ("process", "info", "Log message 7")
         );
         assert!(runtime::time::parse_unix_ms(&record.ts).is_some());
-        let Line::Record { record, .. } = line_for("logs.math.warn", 4, b"  disk low \n") else {
+        let Line::Record { record, .. } = line_for("logs.math.warn", 4, b"  disk low \n", None)
+        else {
             panic!("plain text rejected")
         };
         assert_eq!(
@@ -251,7 +266,7 @@ mod tests {
             ("math", "warn", "disk low")
         );
         assert!(matches!(
-            line_for("logs.process", 5, &[0xff, 0xfe]),
+            line_for("logs.process", 5, &[0xff, 0xfe], None),
             Line::Rejected { .. }
         ));
     }

@@ -57,7 +57,13 @@ pub(crate) async fn write_batch(
     for message in &messages {
         let Ok(info) = message.info() else { continue };
         let seq = info.stream_sequence;
-        match records::line_for(&message.subject, seq, &message.payload) {
+        let traceparent = runtime::trace::of(message.headers.as_ref());
+        match records::line_for(
+            &message.subject,
+            seq,
+            &message.payload,
+            traceparent.as_deref(),
+        ) {
             Line::Record { record, line } => {
                 by_file
                     .entry(record.service.clone())

@@ -246,6 +246,61 @@ async fn seed_workers_share_messages_stats_query_and_bad_input() {
         ["Log message 0", "Log message 1", "Log message 2"]
     );
     assert!(plain.entries.iter().all(|e| e.record.level == "info"));
+
+    // Trace ids: from the message's traceparent header, or the record's own
+    // fields.trace_id; services.logs.query filters by it.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    js.publish_with_headers(
+        "logs.tracer-a.info",
+        runtime::trace::headers(&format!("00-{trace}-00f067aa0ba902b7-01")),
+        record("tracer-a", "info", "traced by header"),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    js.publish(
+        "logs.tracer-b.info",
+        json!({"ts": runtime::time::now_rfc3339(), "message": "traced by field", "fields": {"trace_id": trace}})
+            .to_string()
+            .into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let traced = testkit::eventually(
+        "both traced records queryable by trace id",
+        Duration::from_secs(15),
+        || async {
+            let r = query(&client, json!({"trace_id": trace})).await;
+            if r.entries.len() >= 2 {
+                Ok(r)
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    )
+    .await;
+    let messages: Vec<&str> = traced
+        .entries
+        .iter()
+        .map(|e| e.record.message.as_str())
+        .collect();
+    assert_eq!(messages, ["traced by header", "traced by field"]);
+    let bad = request_raw(
+        &client,
+        subjects::LOGS_QUERY,
+        None,
+        r#"{"trace_id":"XYZ"}"#.into(),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&bad.payload).contains("32 lower-case hex digits"),
+        "{bad:?}"
+    );
     assert_eq!(totals.by_level.get("info"), Some(&35));
     // Every worker answers the same numbers.
     for _ in 0..5 {

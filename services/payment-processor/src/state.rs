@@ -94,9 +94,16 @@ impl Processor {
             at: record.updated_at.clone(),
         };
         let body = serde_json::to_vec(&event)?;
-        // The event continues the payment message's trace.
-        let headers =
-            runtime::trace::headers(&runtime::trace::child(record.traceparent.as_deref()));
+        // The event continues the payment message's trace (and so does the
+        // log line, through its `trace_id` field).
+        let traceparent = runtime::trace::child(record.traceparent.as_deref());
+        let headers = runtime::trace::headers(&traceparent);
+        tracing::info!(
+            payment_id = %record.payment_id,
+            status = %record.status,
+            trace_id = runtime::trace::trace_id(&traceparent).unwrap_or_default(),
+            "payment event published"
+        );
         runtime::js::publish_durable(
             &self.js,
             subject,

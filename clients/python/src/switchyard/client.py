@@ -419,8 +419,12 @@ class LogClient:
         return _build(LogStats, await self._sy.request(LOGS_STATS, {}))
 
     async def query(self, *, service: Optional[str] = None, level: Optional[str] = None,
-                    since: Optional[str] = None, limit: Optional[int] = None) -> list[LogEntry]:
-        body = {k: v for k, v in {"service": service, "level": level, "since": since, "limit": limit}.items() if v is not None}
+                    since: Optional[str] = None, limit: Optional[int] = None,
+                    trace_id: Optional[str] = None) -> list[LogEntry]:
+        """Stored records, oldest first; ``trace_id`` (e.g. a ``PaymentAck.trace_id``)
+        keeps those of one trace."""
+        body = {k: v for k, v in {"service": service, "level": level, "since": since, "limit": limit,
+                                  "trace_id": trace_id}.items() if v is not None}
         reply = await self._sy.request(LOGS_QUERY, body)
         return [_build(LogEntry, e) for e in reply["entries"]]
 
