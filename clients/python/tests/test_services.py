@@ -266,3 +266,22 @@ async def test_seed_001_client_library_on_a_plain_connection(stack):
             MathClient("not a connection")
     finally:
         await nc.drain()
+
+
+async def test_a_request_s_trace_id_reaches_the_service_s_log_records(sy):
+    """A request carrying a W3C traceparent: the log lines the service writes
+    while handling it carry its trace id (the runtime's request span), so
+    services.logs.query finds them by it."""
+    trace_id = uuid.uuid4().hex
+    headers = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    body = json.dumps({"to": "traced@b.example", "subject": "traced", "body": "b"}).encode()
+    reply = await sy.request_raw("services.notification.email-send", body, headers=headers)
+    assert json.loads(reply.data)["accepted"] is True
+    assert reply.headers and reply.headers.get("traceparent") == headers["traceparent"]
+    found = []
+    for _ in range(100):
+        found = await sy.logs.query(trace_id=trace_id)
+        if found:
+            break
+        await asyncio.sleep(0.1)
+    assert any(e.service == "email-notifier" and e.message == "mail accepted" for e in found), found

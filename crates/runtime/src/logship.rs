@@ -96,8 +96,49 @@ impl ShipLayer {
     }
 }
 
-impl<S: Subscriber> Layer<S> for ShipLayer {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+/// The W3C trace id a span was opened with (its `trace_id` field): the
+/// records of events inside it carry it (`fields.trace_id`).
+struct SpanTrace(String);
+
+/// Reads a span's `trace_id` field.
+#[derive(Default)]
+struct TraceField(Option<String>);
+
+impl Visit for TraceField {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == protocol::logs::TRACE_ID_FIELD && !value.is_empty() {
+            self.0 = Some(value.to_owned());
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == protocol::logs::TRACE_ID_FIELD {
+            let text = format!("{value:?}");
+            let text = text.trim_matches('"');
+            if !text.is_empty() {
+                self.0 = Some(text.to_owned());
+            }
+        }
+    }
+}
+
+impl<S> Layer<S> for ShipLayer
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        let mut trace = TraceField::default();
+        attrs.record(&mut trace);
+        if let (Some(trace), Some(span)) = (trace.0, ctx.span(id)) {
+            span.extensions_mut().insert(SpanTrace(trace));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
         let target = meta.target();
         if target.starts_with("async_nats")
@@ -116,6 +157,19 @@ impl<S: Subscriber> Layer<S> for ShipLayer {
         let mut visitor = Fields::default();
         event.record(&mut visitor);
         visitor.fields.insert("target".into(), target.into());
+        // Inside a request's or a message's span: its trace.
+        if !visitor.fields.contains_key(protocol::logs::TRACE_ID_FIELD)
+            && let Some(scope) = ctx.event_scope(event)
+        {
+            for span in scope {
+                if let Some(SpanTrace(trace)) = span.extensions().get::<SpanTrace>() {
+                    visitor
+                        .fields
+                        .insert(protocol::logs::TRACE_ID_FIELD.into(), trace.clone().into());
+                    break;
+                }
+            }
+        }
         let record = LogRecord {
             ts: crate::time::now_rfc3339(),
             service: self.service.clone(),

@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 type Handler =
     Arc<dyn Fn(String, Bytes) -> BoxFuture<'static, Result<Bytes, ServiceError>> + Send + Sync>;
@@ -590,7 +591,15 @@ async fn handle(ctx: &EndpointCtx, message: Message) {
     } else {
         let payload = message.payload.clone();
         let subject = message.subject.to_string();
-        AssertUnwindSafe(async { (ctx.handler)(subject, payload).await })
+        // One span per request: the logs of its handling carry the
+        // request's trace id (`logship`).
+        let trace_id = crate::trace::of(message.headers.as_ref())
+            .as_deref()
+            .and_then(crate::trace::trace_id)
+            .map(str::to_owned)
+            .unwrap_or_default();
+        let span = tracing::info_span!("request", subject = %message.subject, trace_id);
+        AssertUnwindSafe(async { (ctx.handler)(subject, payload).await }.instrument(span))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {

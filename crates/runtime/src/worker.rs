@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 /// The redelivery delay after failed delivery number `delivered` (1-based):
 /// the matching entry of `delays_ms`, the last one past its end, 1 s if empty.
@@ -146,9 +147,12 @@ where
             let handle = handle.clone();
             let cancel = cancel_handlers.clone();
             let name = name.clone();
+            // One span per message: the logs of its handling carry the
+            // message's trace id (`logship`).
+            let span = message_span(&name, &message);
             tracker.spawn(async move {
                 let held = message.clone();
-                let run = AssertUnwindSafe(handle(message)).catch_unwind();
+                let run = AssertUnwindSafe(handle(message).instrument(span)).catch_unwind();
                 let outcome = tokio::select! {
                     biased;
                     outcome = run => Some(outcome),
@@ -197,6 +201,17 @@ pub fn progress_interval(config: &jetstream::consumer::Config) -> Duration {
         None => config.ack_wait,
     };
     (deadline / 3).max(Duration::from_millis(100))
+}
+
+/// The span a message is handled in: the worker's name, the subject, and
+/// the trace id of its `traceparent` (empty when it has none).
+fn message_span(worker: &str, message: &async_nats::jetstream::Message) -> tracing::Span {
+    let traceparent = crate::trace::of(message.headers.as_ref());
+    let trace_id = traceparent
+        .as_deref()
+        .and_then(crate::trace::trace_id)
+        .unwrap_or_default();
+    tracing::info_span!("message", worker = %worker, subject = %message.subject, trace_id)
 }
 
 /// Sends progress acks for `message` every `every`, forever (the caller
