@@ -168,11 +168,13 @@ impl Stack {
         };
         let nats_ports = [free_port(), free_port(), free_port()];
         let monitor_port = free_port();
-        // Two /24s of their own (compose's default networks come from the
-        // 172.17-31.0.0/16 pools in order; these sit at the end of the last).
+        // Two /24s of their own, outside Docker's default address pools
+        // (172.17-31.0.0/16 and 192.168.0.0/16, which compose's default
+        // networks are carved from: a /24 in 172.31.0.0/16 collided once
+        // the allocator reached that /16, "Pool overlaps").
         let net = 100 + (std::process::id() % 70) * 2;
-        let control_net = format!("172.31.{net}");
-        let probe_net = format!("172.31.{}", net + 1);
+        let control_net = format!("10.213.{net}");
+        let probe_net = format!("10.213.{}", net + 1);
         let dir = tempfile::tempdir().unwrap();
         let env_file = dir.path().join(".env");
         let certs = dir.path().join("certs");
