@@ -105,18 +105,21 @@ enum MaintenanceState {
 
 /// Runs a parsed command line; errors are printed, not returned.
 pub async fn run(cli: Cli) -> ExitCode {
+    let (servers, timeout) = (&cli.servers, cli.timeout);
     let result = match cli.command {
         Command::Up(args) => up::up(args).await,
         Command::Nats(args) => up::nats_only(args).await,
-        Command::Math(args) => math::run(&cli.servers, cli.timeout, args).await,
-        Command::Email(args) => email::run(&cli.servers, cli.timeout, args).await,
-        Command::Logs(args) => logs::run(&cli.servers, cli.timeout, args).await,
-        Command::Pay(args) => pay::run(&cli.servers, cli.timeout, args).await,
-        Command::Stocks(args) => stocks::run(&cli.servers, cli.timeout, args).await,
-        Command::Role(args) => role::run(&cli.servers, cli.timeout, args).await,
-        Command::Status(args) => status::run(&cli.servers, cli.timeout, args).await,
-        Command::Provision(args) => up::provision(&cli.servers, args).await,
-        Command::Maintenance { state } => maintenance(&cli.servers, cli.timeout, state).await,
+        Command::Math(args) => traced("math", math::run(servers, timeout, args)).await,
+        Command::Email(args) => traced("email", email::run(servers, timeout, args)).await,
+        Command::Logs(args) => traced("logs", logs::run(servers, timeout, args)).await,
+        Command::Pay(args) => traced("pay", pay::run(servers, timeout, args)).await,
+        Command::Stocks(args) => traced("stocks", stocks::run(servers, timeout, args)).await,
+        Command::Role(args) => role::run(servers, timeout, args).await,
+        Command::Status(args) => traced("status", status::run(servers, timeout, args)).await,
+        Command::Provision(args) => up::provision(servers, args).await,
+        Command::Maintenance { state } => {
+            traced("maintenance", maintenance(servers, timeout, state)).await
+        }
         Command::Schemas(args) => schemas::run(args),
         Command::Accounts(args) => accounts::run(args),
         Command::Codegen(args) => codegen::run(args),
@@ -136,6 +139,38 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a client command as a new trace: one root span (`switchyard
+/// <verb>`, exported when `otel.endpoint` is set) that every request and
+/// publish it makes continues; its trace id is printed on stderr
+/// (`trace <id>`), so its messages, events and log records can be found
+/// (`switchyard logs query --trace <id>`).
+async fn traced<F>(verb: &'static str, command: F) -> anyhow::Result<()>
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    use tracing::Instrument as _;
+    let settings = Settings::load().unwrap_or_default();
+    // The CLI's own logs stay quiet (warnings and errors) unless RUST_LOG says otherwise.
+    let log = runtime::settings::TelemetrySettings {
+        level: "warn".to_owned(),
+        ship: false,
+        ..settings.log.clone()
+    };
+    runtime::telemetry::init_for(&log, &settings.otel, "switchyard-cli");
+    let root = runtime::traced!(
+        "command",
+        &runtime::trace::Carrier::default(),
+        "client",
+        otel.name = %format!("switchyard {verb}"),
+    );
+    let trace_id = root.trace_id().to_owned();
+    let span = root.span().clone();
+    let result = runtime::trace::scope(root, command).instrument(span).await;
+    eprintln!("trace {trace_id}");
+    runtime::telemetry::flush_async().await;
+    result
 }
 
 /// The NATS user a command needs in a locked-down deployment.

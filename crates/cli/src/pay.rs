@@ -103,13 +103,11 @@ pub(crate) async fn run(
             };
             let js = jetstream::new(client.clone());
             let body = serde_json::to_vec(&request)?;
-            // A new trace per payment: its event and receipt continue it.
-            let traceparent = runtime::trace::child(None);
-            let trace_id = runtime::trace::trace_id(&traceparent)
-                .unwrap_or_default()
-                .to_owned();
-            let headers = runtime::trace::headers(&traceparent);
-            let ack = runtime::js::publish_durable(&js, subjects::PAYMENT_PROCESS, &request.payment_id, Some(&headers), body.into(), timeout)
+            // The command's trace: the payment, its event and receipt continue it.
+            let trace_id = runtime::trace::current()
+                .and_then(|c| c.trace_id().map(str::to_owned))
+                .unwrap_or_default();
+            let ack = runtime::js::publish_durable(&js, subjects::PAYMENT_PROCESS, &request.payment_id, None, body.into(), timeout)
                 .await
                 .context("the PAYMENTS stream did not acknowledge the payment (is payment-processor running?)")?;
             crate::say(format_args!(

@@ -122,7 +122,10 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
     // `up` makes the passwords here; every command finds them here.
     let secrets = dir.path().join(".env");
     let (port, cluster_port, http_port, metrics_port) = free_bases();
+    // Every service exports its spans to a real OTLP/HTTP receiver.
+    let otlp = testkit::otlp::Receiver::start().unwrap();
     let mut up = sy(&secrets)
+        .env("SWITCHYARD__OTEL__ENDPOINT", otlp.endpoint())
         .args(["up", "--dir"])
         .arg(&state)
         .args(["--port", &port.to_string()])
@@ -433,14 +436,17 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
         assert!(metrics.contains("switchyard_requests_total"), "{metrics}");
     }
 
-    // A payment through the whole stack.
+    // A payment through the whole stack, with a receipt mail.
     let out = sy(&secrets)
+        .env("SWITCHYARD__OTEL__ENDPOINT", otlp.endpoint())
         .args([
             "pay",
             "user-1",
             "9.99",
             "--id",
             "up-pay-1",
+            "--email",
+            "up-pay-1@example.com",
             "--servers",
             &servers,
         ])
@@ -448,10 +454,21 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("up-pay-1 completed"), "{out:?}");
+    let trace_id = said
+        .split(" (trace ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("the CLI prints the payment's trace id: {said}"))
+        .to_owned();
     assert!(
-        said.contains(" (trace "),
-        "the CLI prints the payment's trace id: {said}"
+        String::from_utf8_lossy(&out.stderr).contains(&format!("trace {trace_id}")),
+        "the command's trace is the payment's: {out:?}"
     );
+    // One trace, exported by four processes over OTLP, holds the client's
+    // publish → the processor's processing → the event publish → the
+    // notifier's receipt send → the log-worker's write, each below the one
+    // before.
+    one_trace_across_the_services(&otlp, &trace_id);
 
     let children = pids(&state);
     let services = [
@@ -490,6 +507,73 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
     assert!(status.success(), "{status}");
     let left: Vec<i32> = children.into_iter().filter(|&p| alive(p)).collect();
     assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
+/// Waits (bounded) for the payment's trace to hold the whole chain, then
+/// prints it.
+fn one_trace_across_the_services(otlp: &testkit::otlp::Receiver, trace_id: &str) {
+    use testkit::otlp::{Span, ancestors, render};
+    // (service, span name) in causal order; each must descend from the one before.
+    let chain: [(&str, &str); 6] = [
+        ("switchyard-cli", "publish services.payment.payment-process"),
+        (
+            "payment-processor",
+            "process services.payment.payment-process",
+        ),
+        ("payment-processor", "publish events.payment.completed"),
+        ("email-notifier", "process events.payment.completed"),
+        ("email-notifier", "send mail"),
+        ("log-worker", "write log record"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let trace = otlp.trace(trace_id);
+        let find = |service: &str, name: &str, below: Option<&Span>| -> Option<Span> {
+            trace
+                .iter()
+                .filter(|s| s.service == service && s.name == name)
+                .find(|s| {
+                    below
+                        .is_none_or(|b| ancestors(&trace, s).iter().any(|a| a.span_id == b.span_id))
+                })
+                .cloned()
+        };
+        let mut found: Vec<Span> = Vec::new();
+        for (service, name) in chain {
+            match find(service, name, found.last()) {
+                Some(span) => found.push(span),
+                None => break,
+            }
+        }
+        if found.len() == chain.len() {
+            let root = ancestors(&trace, &found[0]).last().map(|s| s.name.clone());
+            assert_eq!(
+                root.as_deref(),
+                Some("switchyard pay"),
+                "{}",
+                render(&trace)
+            );
+            let services: std::collections::BTreeSet<&str> =
+                trace.iter().map(|s| s.service.as_str()).collect();
+            println!(
+                "trace {trace_id}: {} spans from {services:?}\n{}",
+                trace.len(),
+                render(&trace)
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trace {trace_id} never held {:?} (found {:?}); it has:\n{}",
+            chain,
+            found
+                .iter()
+                .map(|s| (&s.service, &s.name))
+                .collect::<Vec<_>>(),
+            render(&trace)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Every bench runs (tiny duration) and reports finite figures; no timing

@@ -114,6 +114,8 @@ pub mod headers {
     pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
     pub const MSG_ID: &str = "Nats-Msg-Id";
     pub const TRACEPARENT: &str = "traceparent";
+    /// W3C `tracestate`, carried along with `traceparent` when present.
+    pub const TRACESTATE: &str = "tracestate";
     /// JetStream message scheduling (server 2.12+): `@at <RFC 3339>`.
     pub const SCHEDULE: &str = "Nats-Schedule";
     /// Where a scheduled message is published when its time comes.

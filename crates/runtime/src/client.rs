@@ -76,12 +76,20 @@ pub async fn request_raw(
     body: Bytes,
     timeout: Duration,
 ) -> Result<RawReply, CallError> {
-    let mut request = async_nats::Request::new()
-        .payload(body)
-        .timeout(Some(timeout));
-    if let Some(h) = request_headers {
-        request = request.headers(h);
+    // Every request carries a trace context: the caller's own, else the
+    // span running now, else a new trace.
+    let mut h = request_headers.unwrap_or_default();
+    if h.get(protocol::names::headers::TRACEPARENT).is_none() {
+        crate::trace::current()
+            .unwrap_or_else(|| {
+                crate::trace::Carrier::from_traceparent(Some(&crate::trace::child(None)))
+            })
+            .inject(&mut h);
     }
+    let request = async_nats::Request::new()
+        .payload(body)
+        .timeout(Some(timeout))
+        .headers(h);
     let sent = tokio::time::timeout(
         timeout + Duration::from_millis(250),
         client.send_request(subject.to_owned(), request),

@@ -16,6 +16,7 @@ use protocol::names::headers;
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 /// How long [`ensure_stream`] and [`ensure_kv`] wait, after the stream
 /// exists, for it to be usable from this connection (see [`wait_usable`]).
@@ -451,6 +452,11 @@ where
 /// Publishes to a stream with `Nats-Msg-Id: msg_id` and waits for the
 /// stream's ack, retrying with the same id (so a retry after a lost ack is
 /// dropped as a duplicate by the server) until acked or `budget` is spent.
+///
+/// The publish is a span (`publish <subject>`, kind producer) and the
+/// message carries its trace context: a child of the span running now (the
+/// handler's), else of the context in `extra_headers` (one kept in a
+/// record, for work done outside a handler), else a new trace.
 pub async fn publish_durable(
     js: &jetstream::Context,
     subject: &str,
@@ -459,9 +465,20 @@ pub async fn publish_durable(
     body: Bytes,
     budget: Duration,
 ) -> anyhow::Result<jetstream::publish::PublishAck> {
+    let parent = crate::trace::current_or(&crate::trace::Carrier::from_headers(extra_headers));
+    let traced = crate::traced!(
+        "publish",
+        &parent,
+        "producer",
+        otel.name = %format!("publish {subject}"),
+        subject,
+        msg_id,
+    );
+    let mut base = extra_headers.cloned().unwrap_or_default();
+    traced.context().inject(&mut base);
+    base.insert(headers::MSG_ID, msg_id);
     retry(&format!("publishing {msg_id} to {subject}"), budget, || {
-        let mut h = extra_headers.cloned().unwrap_or_default();
-        h.insert(headers::MSG_ID, msg_id);
+        let h = base.clone();
         let body = body.clone();
         async move {
             let ack: PublishAckFuture = js
@@ -471,6 +488,7 @@ pub async fn publish_durable(
             ack.await.map_err(|e| e.to_string())
         }
     })
+    .instrument(traced.span().clone())
     .await
 }
 

@@ -26,6 +26,9 @@ pub use app::{App, Builder, Stopped, is_stopped};
 pub use micro::{Service, ServiceBuilder};
 pub use settings::Settings;
 pub use tokio_util::sync::CancellationToken;
+/// For [`traced!`]: `tracing`, whatever the caller depends on.
+#[doc(hidden)]
+pub use tracing as __tracing;
 
 /// The argument that makes a service binary provision instead of serve:
 /// `payment-processor provision` creates or updates its streams, buckets
@@ -56,10 +59,13 @@ where
              (settings come from SWITCHYARD__... variables and SWITCHYARD_CONFIG; see the README)"
         ),
     }
-    telemetry::init_for(&settings.log, Some(service));
+    telemetry::init_for(&settings.log, &settings.otel, service);
     let shutdown = shutdown::on_signal();
     tracing::info!(service, version = env!("CARGO_PKG_VERSION"), urls = ?settings.nats.urls, "starting");
-    match run(settings, shutdown).await {
+    let result = run(settings, shutdown).await;
+    // The spans of the last requests, before the process ends.
+    telemetry::flush_async().await;
+    match result {
         Ok(()) => {
             tracing::info!(service, "stopped");
             Ok(())

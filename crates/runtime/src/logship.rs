@@ -36,6 +36,9 @@ pub async fn unshipped<F: Future>(fut: F) -> F::Output {
 struct Shipped {
     level: &'static str,
     body: Vec<u8>,
+    /// The `traceparent` of the span the event happened in: the record
+    /// carries it as a header, so the log-worker's write joins that trace.
+    traceparent: Option<String>,
 }
 
 /// The tracing layer.
@@ -96,27 +99,54 @@ impl ShipLayer {
     }
 }
 
-/// The W3C trace id a span was opened with (its `trace_id` field): the
-/// records of events inside it carry it (`fields.trace_id`).
-struct SpanTrace(String);
-
-/// Reads a span's `trace_id` field.
+/// The trace a span belongs to (its `trace_id` field) and, for spans opened
+/// by [`crate::trace::start`], its own `traceparent`: the records of
+/// events inside it carry both (`fields.trace_id`, a `traceparent` header).
 #[derive(Default)]
-struct TraceField(Option<String>);
+struct SpanTrace {
+    trace_id: Option<String>,
+    traceparent: Option<String>,
+}
 
-impl Visit for TraceField {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == protocol::logs::TRACE_ID_FIELD && !value.is_empty() {
-            self.0 = Some(value.to_owned());
+impl SpanTrace {
+    fn is_empty(&self) -> bool {
+        self.trace_id.is_none() && self.traceparent.is_none()
+    }
+    /// Takes what `other` has.
+    fn update(&mut self, other: SpanTrace) {
+        if other.trace_id.is_some() {
+            self.trace_id = other.trace_id;
+        }
+        if other.traceparent.is_some() {
+            self.traceparent = other.traceparent;
         }
     }
+}
+
+impl SpanTrace {
+    fn take(&mut self, field: &Field, text: &str) {
+        let text = text.trim_matches('"');
+        if text.is_empty() {
+            return;
+        }
+        match field.name() {
+            protocol::logs::TRACE_ID_FIELD => self.trace_id = Some(text.to_owned()),
+            protocol::names::headers::TRACEPARENT => self.traceparent = Some(text.to_owned()),
+            _ => {}
+        }
+    }
+}
+
+impl Visit for SpanTrace {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.take(field, value);
+    }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == protocol::logs::TRACE_ID_FIELD {
-            let text = format!("{value:?}");
-            let text = text.trim_matches('"');
-            if !text.is_empty() {
-                self.0 = Some(text.to_owned());
-            }
+        if matches!(
+            field.name(),
+            protocol::logs::TRACE_ID_FIELD | protocol::names::headers::TRACEPARENT
+        ) {
+            self.take(field, &format!("{value:?}"));
         }
     }
 }
@@ -131,10 +161,28 @@ where
         id: &tracing::span::Id,
         ctx: Context<'_, S>,
     ) {
-        let mut trace = TraceField::default();
+        let mut trace = SpanTrace::default();
         attrs.record(&mut trace);
-        if let (Some(trace), Some(span)) = (trace.0, ctx.span(id)) {
-            span.extensions_mut().insert(SpanTrace(trace));
+        if let (false, Some(span)) = (trace.is_empty(), ctx.span(id)) {
+            span.extensions_mut().insert(trace);
+        }
+    }
+
+    /// `trace::start` records the trace after the span is made.
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: Context<'_, S>,
+    ) {
+        let mut trace = SpanTrace::default();
+        values.record(&mut trace);
+        if let (false, Some(span)) = (trace.is_empty(), ctx.span(id)) {
+            let mut extensions = span.extensions_mut();
+            match extensions.get_mut::<SpanTrace>() {
+                Some(kept) => kept.update(trace),
+                None => extensions.insert(trace),
+            }
         }
     }
 
@@ -157,18 +205,37 @@ where
         let mut visitor = Fields::default();
         event.record(&mut visitor);
         visitor.fields.insert("target".into(), target.into());
-        // Inside a request's or a message's span: its trace.
-        if !visitor.fields.contains_key(protocol::logs::TRACE_ID_FIELD)
-            && let Some(scope) = ctx.event_scope(event)
-        {
+        // Inside a request's or a message's span: its trace, and the
+        // innermost traced span as the record's parent.
+        let mut traceparent = None;
+        if let Some(scope) = ctx.event_scope(event) {
             for span in scope {
-                if let Some(SpanTrace(trace)) = span.extensions().get::<SpanTrace>() {
-                    visitor
-                        .fields
-                        .insert(protocol::logs::TRACE_ID_FIELD.into(), trace.clone().into());
-                    break;
+                if let Some(trace) = span.extensions().get::<SpanTrace>() {
+                    if let Some(id) = &trace.trace_id {
+                        visitor
+                            .fields
+                            .entry(protocol::logs::TRACE_ID_FIELD)
+                            .or_insert_with(|| id.clone().into());
+                    }
+                    if traceparent.is_none() {
+                        traceparent.clone_from(&trace.traceparent);
+                    }
+                    if traceparent.is_some() {
+                        break;
+                    }
                 }
             }
+        }
+        // The trace_id field and the parent must agree: a record whose
+        // own trace_id names another trace carries no parent.
+        if let Some(tp) = &traceparent
+            && visitor
+                .fields
+                .get(protocol::logs::TRACE_ID_FIELD)
+                .and_then(|v| v.as_str())
+                != crate::trace::trace_id(tp)
+        {
+            traceparent = None;
         }
         let record = LogRecord {
             ts: crate::time::now_rfc3339(),
@@ -180,7 +247,15 @@ where
         let Ok(body) = serde_json::to_vec(&record) else {
             return;
         };
-        if self.tx.try_send(Shipped { level, body }).is_err() {
+        if self
+            .tx
+            .try_send(Shipped {
+                level,
+                body,
+                traceparent,
+            })
+            .is_err()
+        {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -229,13 +304,21 @@ impl Shipper {
         loop {
             tokio::select! {
                 shipped = self.rx.recv() => {
-                    let Some(Shipped { level, body }) = shipped else { return };
+                    let Some(Shipped { level, body, traceparent }) = shipped else { return };
                     // A service name that cannot be a subject token is dropped, not published elsewhere.
                     let Ok(subject) = protocol::subjects::logs(&self.service, level) else {
                         self.dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
-                    if client.publish(subject, body.into()).await.is_err() {
+                    let sent = match traceparent {
+                        Some(tp) => {
+                            client
+                                .publish_with_headers(subject, crate::trace::headers(&tp), body.into())
+                                .await
+                        }
+                        None => client.publish(subject, body.into()).await,
+                    };
+                    if sent.is_err() {
                         self.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }

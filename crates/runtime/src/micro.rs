@@ -424,8 +424,22 @@ async fn report_unanswered(ctx: &EndpointCtx, message: &Message, err: &ServiceEr
         truncated: message.payload.len() > end,
         at: crate::time::now_rfc3339(),
     };
+    // The rejection continues the refused request's trace.
+    let traceparent = crate::trace::child(
+        crate::trace::Carrier::from_headers(message.headers.as_ref())
+            .traceparent
+            .as_deref(),
+    );
     let sent = match serde_json::to_vec(&event) {
-        Ok(body) => ctx.client.publish(events.clone(), body.into()).await,
+        Ok(body) => {
+            ctx.client
+                .publish_with_headers(
+                    events.clone(),
+                    crate::trace::headers(&traceparent),
+                    body.into(),
+                )
+                .await
+        }
         Err(e) => {
             tracing::warn!(error = %e, "encoding a rejection event");
             return;
@@ -591,21 +605,27 @@ async fn handle(ctx: &EndpointCtx, message: Message) {
     } else {
         let payload = message.payload.clone();
         let subject = message.subject.to_string();
-        // One span per request: the logs of its handling carry the
-        // request's trace id (`logship`).
-        let trace_id = crate::trace::of(message.headers.as_ref())
-            .as_deref()
-            .and_then(crate::trace::trace_id)
-            .map(str::to_owned)
-            .unwrap_or_default();
-        let span = tracing::info_span!("request", subject = %message.subject, trace_id);
-        AssertUnwindSafe(async { (ctx.handler)(subject, payload).await }.instrument(span))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| {
-                tracing::error!(subject = %message.subject, "handler panicked");
-                Err(ServiceError::internal("the handler failed unexpectedly"))
-            })
+        // One span per request, child of the caller's trace context: the
+        // logs of its handling carry its trace (`logship`), and what the
+        // handler publishes continues it (`trace::current`).
+        let traced = crate::traced!(
+            "request",
+            &crate::trace::Carrier::from_headers(message.headers.as_ref()),
+            "server",
+            otel.name = %format!("handle {}", message.subject),
+            subject = %message.subject,
+        );
+        let span = traced.span().clone();
+        AssertUnwindSafe(
+            crate::trace::scope(traced, async { (ctx.handler)(subject, payload).await })
+                .instrument(span),
+        )
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!(subject = %message.subject, "handler panicked");
+            Err(ServiceError::internal("the handler failed unexpectedly"))
+        })
     };
     if let Some(reply) = &message.reply {
         let mut reply_headers = HeaderMap::new();

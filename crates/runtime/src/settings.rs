@@ -40,6 +40,7 @@ pub fn env_name(key: &str) -> String {
 pub struct Settings {
     pub nats: NatsSettings,
     pub log: TelemetrySettings,
+    pub otel: OtelSettings,
     pub service: ServiceSettings,
     pub jetstream: JetStreamSettings,
     /// Every layer, kept so service sections can be read later.
@@ -133,6 +134,30 @@ pub struct TelemetrySettings {
     pub ship: bool,
     /// Least severe level shipped (trace, debug, info, warn, error).
     pub ship_level: String,
+}
+
+/// `[otel]`: OpenTelemetry export of this process's spans.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OtelSettings {
+    /// An OTLP/HTTP collector, such as `http://127.0.0.1:4318`: spans are
+    /// exported (protobuf) to `<endpoint>/v1/traces`. Empty (the default):
+    /// no export; trace context is still carried on every message.
+    pub endpoint: String,
+}
+
+impl OtelSettings {
+    /// The traces URL of [`OtelSettings::endpoint`], `None` when off.
+    pub fn traces_url(&self) -> Option<String> {
+        let base = self.endpoint.trim().trim_end_matches('/');
+        if base.is_empty() {
+            None
+        } else if base.ends_with("/v1/traces") {
+            Some(base.to_owned())
+        } else {
+            Some(format!("{base}/v1/traces"))
+        }
+    }
 }
 
 impl Default for TelemetrySettings {

@@ -1,13 +1,29 @@
-//! W3C trace context (`traceparent`), carried from the message a service
-//! handles to every message it publishes because of it, so a payment → its
-//! event → the receipt mail → the mail's event share one trace id.
+//! W3C trace context (`traceparent`, `tracestate`), carried from the
+//! message a service handles to every message it publishes because of it,
+//! so a payment → its event → the receipt mail → the mail's event → the log
+//! records of each share one trace, and every step is a span.
 //!
 //! `traceparent` is `00-<32 hex trace id>-<16 hex parent span id>-<2 hex
-//! flags>`. [`child`] keeps the trace id and makes a new span id; a missing
-//! or malformed parent starts a new trace (sampled).
-
+//! flags>`. The spans are `tracing` spans; [`crate::telemetry`] installs an
+//! OpenTelemetry layer under them, so each span has an OpenTelemetry span
+//! context (exported over OTLP when `otel.endpoint` is set) and the
+//! `traceparent` a span's messages carry names that span as their parent.
+//! Where no such layer is installed (a test process that set up no
+//! telemetry), [`child`] keeps the trace id with a new span id, so the
+//! trace still holds together.
+//!
+//! - [`start`] (or the [`traced!`](crate::traced) macro) opens a span whose
+//!   parent is a message's [`Carrier`];
+//! - [`Traced::headers`] gives the headers a message published inside it
+//!   carries;
+//! - [`current_or`] is the context of the span running now, for code that
+//!   publishes from inside a handler without a `Traced` at hand.
 use async_nats::HeaderMap;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use protocol::names::headers;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// A random trace id (32 hex digits, never all zeros, which W3C forbids).
 fn new_trace_id() -> String {
@@ -69,6 +85,208 @@ pub fn headers(traceparent: &str) -> HeaderMap {
     h
 }
 
+/// The trace context a message carries (or a record kept): `traceparent`
+/// and, when there is one, `tracestate`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carrier {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+impl Carrier {
+    /// The context of a message's headers (none when it has none).
+    pub fn from_headers(headers: Option<&HeaderMap>) -> Self {
+        let get = |name: &str| {
+            headers
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        Self {
+            traceparent: get(headers::TRACEPARENT),
+            tracestate: get(headers::TRACESTATE),
+        }
+    }
+
+    /// A kept `traceparent` (a payment record's, a mail job's).
+    pub fn from_traceparent(traceparent: Option<&str>) -> Self {
+        Self {
+            traceparent: traceparent.map(str::to_owned),
+            tracestate: None,
+        }
+    }
+
+    /// The trace id, if `traceparent` is valid.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.traceparent.as_deref().and_then(trace_id)
+    }
+
+    /// Headers carrying this context (empty when there is none).
+    pub fn headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        self.inject(&mut h);
+        h
+    }
+
+    /// Adds this context to `headers`, replacing any there.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        if let Some(tp) = &self.traceparent {
+            headers.insert(headers::TRACEPARENT, tp.as_str());
+            if let Some(ts) = &self.tracestate {
+                headers.insert(headers::TRACESTATE, ts.as_str());
+            }
+        }
+    }
+
+    /// The OpenTelemetry context of a valid `traceparent` (remote parent).
+    fn otel(&self) -> Option<opentelemetry::Context> {
+        self.trace_id()?;
+        let cx = TraceContextPropagator::new().extract(self);
+        cx.span().span_context().is_valid().then_some(cx)
+    }
+
+    /// The context of an OpenTelemetry span context, if valid.
+    fn of_otel(cx: &opentelemetry::Context) -> Option<Self> {
+        if !cx.span().span_context().is_valid() {
+            return None;
+        }
+        let mut carrier = Self::default();
+        TraceContextPropagator::new().inject_context(cx, &mut carrier);
+        carrier.traceparent.is_some().then_some(carrier)
+    }
+}
+
+impl Extractor for Carrier {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            headers::TRACEPARENT => self.traceparent.as_deref(),
+            headers::TRACESTATE => self.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+    fn keys(&self) -> Vec<&str> {
+        vec![headers::TRACEPARENT, headers::TRACESTATE]
+    }
+}
+
+impl Injector for Carrier {
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            headers::TRACEPARENT => self.traceparent = Some(value),
+            headers::TRACESTATE if !value.is_empty() => self.tracestate = Some(value),
+            _ => {}
+        }
+    }
+}
+
+/// A span opened by [`start`], with the context its messages carry.
+#[derive(Debug, Clone)]
+pub struct Traced {
+    span: tracing::Span,
+    context: Carrier,
+}
+
+impl Traced {
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// The context of this span: what a message published inside it carries.
+    pub fn context(&self) -> &Carrier {
+        &self.context
+    }
+
+    /// Its `traceparent`.
+    pub fn traceparent(&self) -> &str {
+        self.context.traceparent.as_deref().unwrap_or_default()
+    }
+
+    /// Its trace id.
+    pub fn trace_id(&self) -> &str {
+        self.context.trace_id().unwrap_or_default()
+    }
+
+    /// Headers for a message published inside this span.
+    pub fn headers(&self) -> HeaderMap {
+        self.context.headers()
+    }
+}
+
+/// Opens `span` as a child of `parent` (a message's context), or as a new
+/// trace's root when `parent` has none. The span must declare the empty
+/// fields `trace_id` and `traceparent` ([`traced!`](crate::traced) does);
+/// they are filled in here, so log records written inside it carry the
+/// trace (`logship`).
+///
+/// With the OpenTelemetry layer installed ([`crate::telemetry`]) the span
+/// gets its own OpenTelemetry span id and the returned context names it;
+/// without it the context is [`child`] of `parent`.
+pub fn start(span: tracing::Span, parent: &Carrier) -> Traced {
+    if let Some(cx) = parent.otel() {
+        // Err only when no OpenTelemetry layer is installed or the span
+        // is disabled; the fallback below covers both.
+        let _ = span.set_parent(cx);
+    }
+    let context = Carrier::of_otel(&span.context()).unwrap_or_else(|| Carrier {
+        traceparent: Some(child(parent.traceparent.as_deref())),
+        tracestate: parent.tracestate.clone(),
+    });
+    if let Some(tp) = &context.traceparent {
+        span.record("traceparent", tp.as_str());
+    }
+    if let Some(id) = context.trace_id() {
+        span.record("trace_id", id);
+    }
+    Traced { span, context }
+}
+
+tokio::task_local! {
+    /// The context of the handler running in this task (without an
+    /// OpenTelemetry layer, the only way to know it).
+    static CURRENT: Carrier;
+}
+
+/// Runs `fut` (a request's or a message's handler, inside `traced`'s span)
+/// with `traced` as the context [`current`] falls back to.
+pub async fn scope<F: Future>(traced: Traced, fut: F) -> F::Output {
+    CURRENT.scope(traced.context, fut).await
+}
+
+/// The context of the span running now: its OpenTelemetry span context,
+/// else that of the handler running in this task ([`scope`]).
+pub fn current() -> Option<Carrier> {
+    Carrier::of_otel(&tracing::Span::current().context())
+        .or_else(|| CURRENT.try_with(Carrier::clone).ok())
+}
+
+/// [`current`], or `fallback` where there is none: for a publish made
+/// because of something (a payment record's kept context).
+pub fn current_or(fallback: &Carrier) -> Carrier {
+    current().unwrap_or_else(|| fallback.clone())
+}
+
+/// Opens an info span continuing `parent` ([`start`]), with the fields
+/// [`start`] fills in, an OpenTelemetry span kind, and any other fields:
+///
+/// ```ignore
+/// let t = runtime::traced!("payment.process", &carrier, "consumer", payment_id = %id);
+/// ```
+#[macro_export]
+macro_rules! traced {
+    ($name:literal, $parent:expr, $kind:literal $(, $($fields:tt)*)?) => {
+        $crate::trace::start(
+            $crate::__tracing::info_span!(
+                $name,
+                trace_id = $crate::__tracing::field::Empty,
+                traceparent = $crate::__tracing::field::Empty,
+                otel.kind = $kind
+                $(, $($fields)*)?
+            ),
+            $parent,
+        )
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +321,45 @@ mod tests {
             }
         }
         assert_ne!(trace_id(&child(None)), trace_id(&child(None)));
+    }
+
+    #[test]
+    fn without_an_otel_layer_a_span_continues_its_parent() {
+        let parent = Carrier {
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            tracestate: Some("vendor=1".into()),
+        };
+        let t = crate::traced!("test", &parent, "internal");
+        assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(t.traceparent(), parent.traceparent.as_deref().unwrap());
+        let h = t.headers();
+        assert_eq!(h.get(headers::TRACESTATE).unwrap().as_str(), "vendor=1");
+        let root = crate::traced!("root", &Carrier::default(), "internal");
+        assert!(parse(root.traceparent()).is_some());
+        assert_ne!(root.trace_id(), t.trace_id());
+    }
+
+    #[test]
+    fn with_an_otel_layer_spans_nest_and_messages_name_their_span() {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::prelude::*;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let parent = Carrier::from_traceparent(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ));
+        let outer = crate::traced!("outer", &parent, "consumer");
+        assert_eq!(outer.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let (_, outer_span, _) = parse(outer.traceparent()).unwrap();
+        let outer_span = outer_span.to_owned();
+        let _entered = outer.span().clone().entered();
+        // current_or inside the span: the span's own context.
+        assert_eq!(current_or(&Carrier::default()), *outer.context());
+        // A child of the running span, given as its parent.
+        let inner = crate::traced!("inner", &current_or(&parent), "producer");
+        assert_eq!(inner.trace_id(), outer.trace_id());
+        assert_ne!(parse(inner.traceparent()).unwrap().1, outer_span);
     }
 }

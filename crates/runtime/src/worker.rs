@@ -149,10 +149,14 @@ where
             let name = name.clone();
             // One span per message: the logs of its handling carry the
             // message's trace id (`logship`).
-            let span = message_span(&name, &message);
+            let traced = message_span(&name, &message);
             tracker.spawn(async move {
                 let held = message.clone();
-                let run = AssertUnwindSafe(handle(message).instrument(span)).catch_unwind();
+                let span = traced.span().clone();
+                let run = AssertUnwindSafe(
+                    crate::trace::scope(traced, handle(message)).instrument(span),
+                )
+                .catch_unwind();
                 let outcome = tokio::select! {
                     biased;
                     outcome = run => Some(outcome),
@@ -203,15 +207,17 @@ pub fn progress_interval(config: &jetstream::consumer::Config) -> Duration {
     (deadline / 3).max(Duration::from_millis(100))
 }
 
-/// The span a message is handled in: the worker's name, the subject, and
-/// the trace id of its `traceparent` (empty when it has none).
-fn message_span(worker: &str, message: &async_nats::jetstream::Message) -> tracing::Span {
-    let traceparent = crate::trace::of(message.headers.as_ref());
-    let trace_id = traceparent
-        .as_deref()
-        .and_then(crate::trace::trace_id)
-        .unwrap_or_default();
-    tracing::info_span!("message", worker = %worker, subject = %message.subject, trace_id)
+/// The span a message is handled in, child of its trace context: the
+/// worker's name and the subject.
+fn message_span(worker: &str, message: &async_nats::jetstream::Message) -> crate::trace::Traced {
+    crate::traced!(
+        "message",
+        &crate::trace::Carrier::from_headers(message.headers.as_ref()),
+        "consumer",
+        otel.name = %format!("process {}", message.subject),
+        worker = %worker,
+        subject = %message.subject,
+    )
 }
 
 /// Sends progress acks for `message` every `every`, forever (the caller

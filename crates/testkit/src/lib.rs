@@ -20,6 +20,7 @@
 pub mod attacks;
 mod cluster;
 pub mod js;
+pub mod otlp;
 mod process;
 pub mod refusals;
 mod service;

@@ -44,10 +44,11 @@ pub(crate) async fn receipt(ctx: Arc<Notifier>, message: jetstream::Message) {
         let _ = message.ack().await;
         return;
     };
-    // The receipt continues the payment event's trace.
-    let traceparent =
-        runtime::trace::child(runtime::trace::of(message.headers.as_ref()).as_deref());
-    job.traceparent = Some(traceparent.clone());
+    // The receipt continues the payment event's trace: this handler's span.
+    let context = runtime::trace::current_or(&runtime::trace::Carrier::from_headers(
+        message.headers.as_ref(),
+    ));
+    job.traceparent.clone_from(&context.traceparent);
     let body = match serde_json::to_vec(&job) {
         Ok(body) => body,
         Err(err) => {
@@ -60,7 +61,7 @@ pub(crate) async fn receipt(ctx: Arc<Notifier>, message: jetstream::Message) {
         &ctx.js,
         email::subjects::OUTBOX,
         &msg_id,
-        Some(&runtime::trace::headers(&traceparent)),
+        Some(&context.headers()),
         body.into(),
         ctx.budget(),
     )

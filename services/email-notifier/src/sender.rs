@@ -10,6 +10,7 @@ use protocol::subjects;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 /// The value of a key in bucket `email-sent`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +86,29 @@ async fn deliver(ctx: &Notifier, job: &EmailJob, delivered: u32) -> Reply {
         }
     }
 
+    // 2.–4. in the span of this send (a child of the delivery's span).
+    let sending = runtime::traced!(
+        "email.send",
+        &runtime::trace::current_or(&runtime::trace::Carrier::from_traceparent(
+            job.traceparent.as_deref()
+        )),
+        "client",
+        otel.name = "send mail",
+        id = %job.id,
+    );
+    send_record_announce(ctx, job, delivered, retry)
+        .instrument(sending.span().clone())
+        .await
+}
+
+/// Steps 2–4 of [`deliver`]: a mail not sent before.
+async fn send_record_announce(
+    ctx: &Notifier,
+    job: &EmailJob,
+    delivered: u32,
+    retry: Reply,
+) -> Reply {
+    let last = delivered >= ctx.settings.max_deliver;
     // 2. Send. A running send gets progress acks from the worker, so it is
     //    not redelivered to another instance meanwhile.
     if let Err(error) = ctx.transport.send(job).await {
@@ -254,8 +278,9 @@ async fn publish(ctx: &Notifier, job: &EmailJob, error: Option<String>) -> anyho
         error,
     };
     let body = serde_json::to_vec(&event)?;
-    // The mail's event continues the trace of what queued it.
-    let headers = runtime::trace::headers(&runtime::trace::child(job.traceparent.as_deref()));
+    // The mail's event continues the trace of what queued it (the span
+    // sending it, or the job's kept context).
+    let headers = runtime::trace::Carrier::from_traceparent(job.traceparent.as_deref()).headers();
     runtime::js::publish_durable(
         &ctx.js,
         subject,

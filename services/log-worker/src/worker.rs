@@ -54,6 +54,9 @@ pub(crate) async fn write_batch(
 ) -> Vec<AckKind> {
     let mut by_file: HashMap<String, Vec<(u64, String)>> = HashMap::new();
     let mut kinds: HashMap<u64, (String, String)> = HashMap::new();
+    // A record written in a trace (it came with a `traceparent`) is a span
+    // of that trace, from its batch's start until its file is written.
+    let mut spans: Vec<(u64, runtime::trace::Traced)> = Vec::new();
     for message in &messages {
         let Ok(info) = message.info() else { continue };
         let seq = info.stream_sequence;
@@ -65,6 +68,19 @@ pub(crate) async fn write_batch(
             traceparent.as_deref(),
         ) {
             Line::Record { record, line } => {
+                let carrier = runtime::trace::Carrier::from_headers(message.headers.as_ref());
+                if carrier.trace_id().is_some() {
+                    let traced = runtime::traced!(
+                        "logs.write",
+                        &carrier,
+                        "consumer",
+                        otel.name = "write log record",
+                        service = %record.service,
+                        seq,
+                        written = tracing::field::Empty,
+                    );
+                    spans.push((seq, traced));
+                }
                 by_file
                     .entry(record.service.clone())
                     .or_default()
@@ -142,6 +158,11 @@ pub(crate) async fn write_batch(
                 }
             }
         }
+    }
+    for (seq, traced) in spans {
+        traced
+            .span()
+            .record("written", !unwritten.contains_key(&seq));
     }
     state
         .counters

@@ -94,14 +94,15 @@ impl Processor {
             at: record.updated_at.clone(),
         };
         let body = serde_json::to_vec(&event)?;
-        // The event continues the payment message's trace (and so does the
-        // log line, through its `trace_id` field).
-        let traceparent = runtime::trace::child(record.traceparent.as_deref());
-        let headers = runtime::trace::headers(&traceparent);
+        // The event continues the payment's trace: the span handling it now,
+        // else (a sweep, an advisory) the context its record kept. So does
+        // the log line, through its `trace_id` field.
+        let kept = runtime::trace::Carrier::from_traceparent(record.traceparent.as_deref());
+        let headers = kept.headers();
         tracing::info!(
             payment_id = %record.payment_id,
             status = %record.status,
-            trace_id = runtime::trace::trace_id(&traceparent).unwrap_or_default(),
+            trace_id = kept.trace_id().unwrap_or_default(),
             "payment event published"
         );
         runtime::js::publish_durable(
