@@ -285,3 +285,20 @@ async def test_a_request_s_trace_id_reaches_the_service_s_log_records(sy):
             break
         await asyncio.sleep(0.1)
     assert any(e.service == "email-notifier" and e.message == "mail accepted" for e in found), found
+
+
+async def test_every_call_starts_a_trace_and_says_its_id(sy):
+    """Without a traceparent of its own, each call starts a new trace;
+    ``last_trace_id`` names it, and the service's log records carry it."""
+    accepted = await sy.email.send("per-call@b.example", "per call", "b")
+    first = sy.last_trace_id
+    assert accepted.id and first and len(first) == 32 and int(first, 16) > 0
+    assert await sy.math.add(1, 2) == 3
+    assert sy.last_trace_id not in (None, first), "a new trace per call"
+    found = []
+    for _ in range(100):
+        found = await sy.logs.query(trace_id=first)
+        if found:
+            break
+        await asyncio.sleep(0.1)
+    assert any(e.service == "email-notifier" and e.message == "mail accepted" for e in found), found

@@ -1,6 +1,7 @@
 """Python client for Switchyard, NATS microservices in Rust."""
 
 from .client import (
+    new_trace,
     ADMIN_ROLE, CLIENT_ROLE, ROLES, EmailClient, LogClient, MathClient, PaymentClient, RegistryClient, StocksClient,
     Switchyard, read_secrets,
 )
@@ -20,5 +21,5 @@ __all__ = [
     "InvalidRequest", "UnknownOperation", "InvalidAddress", "NotFound", "Conflict", "TooLarge",
     "DivisionByZero", "Overflow", "DomainError", "Rejected", "Internal", "Maintenance", "Unavailable",
     "EmailAccepted", "PaymentAck", "PaymentStatus", "Replay", "LogStats", "LogEntry", "Tick", "Instance",
-    "ServiceInfo",
+    "ServiceInfo", "new_trace",
 ]

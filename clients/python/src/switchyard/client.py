@@ -102,11 +102,29 @@ def _rfc3339(value: Union[str, _dt.datetime, None]) -> Optional[str]:
     return value.astimezone(_dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def new_trace() -> tuple[str, str]:
+    """A new W3C trace: ``(trace_id, traceparent)`` (sampled)."""
+    trace_id = f"{random.getrandbits(128) or 1:032x}"
+    return trace_id, f"00-{trace_id}-{random.getrandbits(64) or 1:016x}-01"
+
+
+def _trace_id_of(traceparent: Optional[str]) -> Optional[str]:
+    parts = (traceparent or "").split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+
 class Switchyard:
-    """A connection to Switchyard. Use ``await Switchyard.connect(...)``."""
+    """A connection to Switchyard. Use ``await Switchyard.connect(...)``.
+
+    Every call starts a W3C trace (a ``traceparent`` header the services
+    continue: their spans, the messages they publish because of it and
+    their log records carry it); ``last_trace_id`` is the id of the most
+    recent call's, for ``logs.query(trace_id=...)`` or a tracing UI."""
 
     def __init__(self, nc, timeout: float, user: Optional[str] = None):
         self.nc = nc
+        #: The trace id of the most recent call (``None`` before the first).
+        self.last_trace_id: Optional[str] = None
         #: The NATS user this connection authenticated as (None: no accounts).
         self.user = user
         self.js = nc.jetstream()
@@ -173,13 +191,25 @@ class Switchyard:
         await self.close()
 
     async def request_raw(self, subject: str, payload: bytes = b"", *, timeout: Optional[float] = None, headers: Optional[dict] = None):
-        """A request; returns the reply message as it came (errors included)."""
+        """A request; returns the reply message as it came (errors included).
+        It carries ``headers``' ``traceparent``, else a new trace's
+        (``last_trace_id``)."""
+        headers = self.traced(headers)
         try:
             return await self.nc.request(subject, payload, timeout=timeout or self.timeout, headers=headers)
         except NoRespondersError as e:
             raise NoResponders(f"no service is listening on {subject}") from e
         except NatsTimeout as e:
             raise Timeout(f"no reply on {subject} within {timeout or self.timeout}s") from e
+
+    def traced(self, headers: Optional[dict] = None) -> dict:
+        """``headers`` with a ``traceparent``: theirs, else a new trace's;
+        either way its trace id becomes ``last_trace_id``."""
+        headers = dict(headers or {})
+        if _trace_id_of(headers.get("traceparent")) is None:
+            _, headers["traceparent"] = new_trace()
+        self.last_trace_id = _trace_id_of(headers["traceparent"])
+        return headers
 
     async def request(self, subject: str, body: Optional[dict] = None, *, timeout: Optional[float] = None) -> dict:
         """A JSON request; an error reply raises its ServiceError subclass."""
@@ -297,7 +327,7 @@ class EmailClient:
     async def publish(self, to: str, subject: str, body: str = "", *, send_at=None, idempotency_key: Optional[str] = None) -> None:
         """Fire and forget: no answer, no error."""
         req = self.send_request(to, subject, body, send_at, idempotency_key)
-        await self._sy.nc.publish(EMAIL_SEND, json.dumps(req).encode())
+        await self._sy.nc.publish(EMAIL_SEND, json.dumps(req).encode(), headers=self._sy.traced())
 
 
 class PaymentClient:
@@ -363,8 +393,8 @@ class PaymentClient:
         payload = json.dumps(req).encode()
         # A new trace per payment (W3C traceparent): the processor's event,
         # the receipt and its event continue it.
-        trace_id = f"{random.getrandbits(128) or 1:032x}"
-        headers = {HEADER_MSG_ID: req["payment_id"], "traceparent": f"00-{trace_id}-{random.getrandbits(64) or 1:016x}-01"}
+        headers = self._sy.traced({HEADER_MSG_ID: req["payment_id"]})
+        trace_id = self._sy.last_trace_id
         deadline = asyncio.get_running_loop().time() + retry_for
         delay = 0.05
         while True:
