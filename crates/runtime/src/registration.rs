@@ -60,7 +60,14 @@ impl Registration {
             instance_id: info.id.clone(),
         };
         let stop = CancellationToken::new();
-        let task = tokio::spawn(heartbeat(client.clone(), request, me.clone(), stop.clone()));
+        // Heartbeats are housekeeping: their trace context is unsampled, so
+        // a tracing backend is not filled with one trace per beat.
+        let task = tokio::spawn(crate::trace::unsampled(heartbeat(
+            client.clone(),
+            request,
+            me.clone(),
+            stop.clone(),
+        )));
         Self {
             client,
             me,

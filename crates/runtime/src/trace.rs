@@ -252,6 +252,15 @@ pub async fn scope<F: Future>(traced: Traced, fut: F) -> F::Output {
     CURRENT.scope(traced.context, fut).await
 }
 
+/// Runs `fut` (housekeeping: heartbeats, probes) in a new trace that is not
+/// sampled (flags `00`): the requests it makes carry trace context, and
+/// the spans they cause are not exported.
+pub async fn unsampled<F: Future>(fut: F) -> F::Output {
+    let (trace, span) = (new_trace_id(), new_span_id());
+    let context = Carrier::from_traceparent(Some(&format!("00-{trace}-{span}-00")));
+    CURRENT.scope(context, fut).await
+}
+
 /// The context of the span running now: its OpenTelemetry span context,
 /// else that of the handler running in this task ([`scope`]).
 pub fn current() -> Option<Carrier> {
@@ -337,6 +346,17 @@ mod tests {
         let root = crate::traced!("root", &Carrier::default(), "internal");
         assert!(parse(root.traceparent()).is_some());
         assert_ne!(root.trace_id(), t.trace_id());
+    }
+
+    #[tokio::test]
+    async fn housekeeping_is_unsampled() {
+        let tp = unsampled(async { current().and_then(|c| c.traceparent) })
+            .await
+            .unwrap();
+        assert!(tp.ends_with("-00"), "{tp}");
+        let child = crate::traced!("beat", &Carrier::from_traceparent(Some(&tp)), "client");
+        assert!(child.traceparent().ends_with("-00"), "flags are kept");
+        assert_eq!(current(), None, "outside it, nothing");
     }
 
     #[test]

@@ -103,7 +103,9 @@ pub(crate) async fn accept(
         scheduled_for: scheduled_for.clone(),
         idempotency_key: req.idempotency_key.clone(),
         payment_id: None,
-        traceparent: None,
+        // The request's trace, kept with the job: a scheduled mail (whose
+        // headers the server does not carry over) still continues it.
+        traceparent: runtime::trace::current().and_then(|c| c.traceparent),
     };
     let body = serde_json::to_vec(&job)
         .map_err(|e| ServiceError::internal(format!("encoding the mail: {e}")))?;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 const KEY: &str = "leader";
 
@@ -173,7 +174,16 @@ impl Ticker {
                 (symbol.clone(), seq + 1, new_price, tick)
             })
             .collect();
-        try_join_all(next.iter().map(|(symbol, seq, _, tick)| async move {
+        // One trace per round: its ticks are the round span's children.
+        let round = runtime::traced!(
+            "stocks.round",
+            &runtime::trace::Carrier::default(),
+            "internal",
+            otel.name = "tick round",
+            symbols = next.len(),
+        );
+        let span = round.span().clone();
+        let publishes = try_join_all(next.iter().map(|(symbol, seq, _, tick)| async move {
             let body = serde_json::to_vec(tick)?;
             let subject = protocol::subjects::stock(symbol)?;
             runtime::js::publish_durable(
@@ -185,8 +195,10 @@ impl Ticker {
                 budget,
             )
             .await
-        }))
-        .await?;
+        }));
+        runtime::trace::scope(round, publishes)
+            .instrument(span)
+            .await?;
         for (symbol, seq, price, _) in next {
             state.insert(symbol, (seq, price));
         }
