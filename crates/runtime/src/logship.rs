@@ -363,4 +363,26 @@ mod tests {
         shipper.rx.try_recv().unwrap();
         assert!(shipper.rx.try_recv().is_err(), "nothing else queued");
     }
+
+    #[tokio::test]
+    async fn records_inside_a_traced_span_name_it_as_their_parent() {
+        let (layer, mut shipper) = layer("svc", 8);
+        let subscriber = tracing_subscriber::registry().with(layer);
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let parent = crate::trace::Carrier::from_traceparent(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ));
+        let traced = crate::traced!("work", &parent, "internal");
+        traced.span().in_scope(|| tracing::info!("inside"));
+        tracing::info!("outside");
+        let inside = shipper.rx.try_recv().unwrap();
+        assert_eq!(inside.traceparent.as_deref(), Some(traced.traceparent()));
+        let record: LogRecord = serde_json::from_slice(&inside.body).unwrap();
+        assert_eq!(
+            record.fields[protocol::logs::TRACE_ID_FIELD],
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        let outside = shipper.rx.try_recv().unwrap();
+        assert_eq!(outside.traceparent, None);
+    }
 }
