@@ -346,7 +346,13 @@ pub fn guest() -> User {
     let mut guest = client();
     guest.name = GUEST;
     guest.password_env = GUEST_PASSWORD_ENV;
-    guest.subscribe[0] = subjects::INBOX_ALL.to_owned();
+    // Client's own inboxes become the shared default inbox.
+    let own = subjects::user_inbox_all(CLIENT);
+    for entry in &mut guest.subscribe {
+        if *entry == own {
+            *entry = subjects::INBOX_ALL.to_owned();
+        }
+    }
     guest
 }
 

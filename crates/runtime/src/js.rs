@@ -88,23 +88,34 @@ pub async fn ensure_stream(
 ) -> anyhow::Result<stream::Stream> {
     let name = config.name.clone();
     let config = with_probe(config);
-    if !mode.creates() {
+    let (stream, effective) = if mode.creates() {
+        create_or_update_stream(js, &name, config, update).await?
+    } else {
         let stream = expect(&format!("stream {name}"), || js.get_stream(&name)).await?;
         let effective = stream.cached_info().config.clone();
-        wait_usable(
-            js,
-            &name,
-            probe_subject(&effective).as_deref(),
-            USABLE_BUDGET,
-        )
-        .await?;
-        return Ok(stream);
-    }
-    let (stream, effective) = retry(&format!("ensuring stream {name}"), Duration::from_secs(30), || {
+        (stream, effective)
+    };
+    wait_usable(
+        js,
+        &name,
+        probe_subject(&effective).as_deref(),
+        USABLE_BUDGET,
+    )
+    .await?;
+    Ok(stream)
+}
+
+/// [`ensure_stream`]'s creating half: the stream and its effective config.
+async fn create_or_update_stream(
+    js: &jetstream::Context,
+    name: &str,
+    config: stream::Config,
+    update: bool,
+) -> anyhow::Result<(stream::Stream, stream::Config)> {
+    retry(&format!("ensuring stream {name}"), Duration::from_secs(30), || {
         let config = config.clone();
-        let name = name.clone();
         async move {
-            match js.get_stream(&name).await {
+            match js.get_stream(name).await {
                 Ok(existing) => {
                     let mut effective = existing.cached_info().config.clone();
                     if update {
@@ -124,7 +135,7 @@ pub async fn ensure_stream(
                         Ok((created, effective))
                     }
                     // Created by another instance in between, or really unreachable.
-                    Err(create_err) => match js.get_stream(&name).await {
+                    Err(create_err) => match js.get_stream(name).await {
                         Ok(existing) => {
                             let effective = existing.cached_info().config.clone();
                             Ok((existing, effective))
@@ -137,15 +148,7 @@ pub async fn ensure_stream(
             }
         }
     })
-    .await?;
-    wait_usable(
-        js,
-        &name,
-        probe_subject(&effective).as_deref(),
-        USABLE_BUDGET,
-    )
-    .await?;
-    Ok(stream)
+    .await
 }
 
 /// `EVENTS`: everything on `events.>`, kept a week. Every publisher of
@@ -173,41 +176,11 @@ pub async fn ensure_kv(
     mode: AssetMode,
 ) -> anyhow::Result<kv::Store> {
     let bucket = config.bucket.clone();
-    if !mode.creates() {
-        let store = expect(&format!("KV bucket {bucket}"), || js.get_key_value(&bucket)).await?;
-        wait_usable(
-            js,
-            &store.stream_name,
-            kv_probe_subject(&store).as_deref(),
-            USABLE_BUDGET,
-        )
-        .await?;
-        return Ok(store);
-    }
-    let store = retry(
-        &format!("ensuring KV bucket {bucket}"),
-        Duration::from_secs(30),
-        || {
-            let config = config.clone();
-            let bucket = bucket.clone();
-            async move {
-                if let Ok(store) = js.get_key_value(&bucket).await {
-                    return Ok(store);
-                }
-                match js.create_key_value(config).await {
-                    Ok(store) => {
-                        tracing::debug!(%bucket, "KV bucket ready (created or already there)");
-                        Ok(store)
-                    }
-                    Err(err) => js
-                        .get_key_value(&bucket)
-                        .await
-                        .with_context(|| format!("creating KV bucket {bucket}: {err}")),
-                }
-            }
-        },
-    )
-    .await?;
+    let store = if mode.creates() {
+        create_kv(js, &bucket, config).await?
+    } else {
+        expect(&format!("KV bucket {bucket}"), || js.get_key_value(&bucket)).await?
+    };
     wait_usable(
         js,
         &store.stream_name,
@@ -216,6 +189,37 @@ pub async fn ensure_kv(
     )
     .await?;
     Ok(store)
+}
+
+/// [`ensure_kv`]'s creating half.
+async fn create_kv(
+    js: &jetstream::Context,
+    bucket: &str,
+    config: kv::Config,
+) -> anyhow::Result<kv::Store> {
+    retry(
+        &format!("ensuring KV bucket {bucket}"),
+        Duration::from_secs(30),
+        || {
+            let config = config.clone();
+            async move {
+                if let Ok(store) = js.get_key_value(bucket).await {
+                    return Ok(store);
+                }
+                match js.create_key_value(config).await {
+                    Ok(store) => {
+                        tracing::debug!(%bucket, "KV bucket ready (created or already there)");
+                        Ok(store)
+                    }
+                    Err(err) => js
+                        .get_key_value(bucket)
+                        .await
+                        .with_context(|| format!("creating KV bucket {bucket}: {err}")),
+                }
+            }
+        },
+    )
+    .await
 }
 
 /// The durable pull consumer `config.durable_name` of `stream`, created or
@@ -237,7 +241,8 @@ pub async fn ensure_consumer(
         })
         .await;
     }
-    let mut found: consumer::PullConsumer = expect(&what, || stream.get_consumer(&durable)).await?;
+    // `get_consumer` fetched the info (CONSUMER.INFO): no second call.
+    let found: consumer::PullConsumer = expect(&what, || stream.get_consumer(&durable)).await?;
     let info = found.cached_info();
     if info.config.ack_wait != config.ack_wait || info.config.max_deliver != config.max_deliver {
         tracing::warn!(
@@ -249,9 +254,6 @@ pub async fn ensure_consumer(
             "the provisioned consumer differs from this service's settings; run provisioning again to apply them"
         );
     }
-    // The cached info is not used after start; refresh it so `info()`
-    // callers see a current one.
-    let _ = found.info().await;
     Ok(found)
 }
 
