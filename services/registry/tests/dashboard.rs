@@ -257,3 +257,116 @@ async fn the_dashboard_serves_a_snapshot_live_events_and_a_guarded_toggle() {
     .await;
     assert!(ended.is_ok(), "the event stream did not end");
 }
+
+/// With accounts (as deployed): the registry runs as its own user, and
+/// the toggle works only with `admin`'s password, which NATS checks.
+#[tokio::test]
+async fn with_accounts_the_toggle_logs_in_as_admin_and_nats_checks_the_password() {
+    let cluster = testkit::Cluster::start_retrying(testkit::ClusterOptions {
+        accounts: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    testkit::provision(registry::run, &cluster, &[]).await;
+    let user = protocol::manifest::of("registry").unwrap().user;
+    let registry = spawn_service(
+        registry::run,
+        &cluster,
+        &[
+            ("registry.metrics_addr", Value::from("127.0.0.1:0")),
+            ("nats.user", Value::from(user)),
+            (
+                "nats.password",
+                Value::from(cluster.password(user).unwrap()),
+            ),
+            ("jetstream.assets", Value::from("expect")),
+        ],
+    )
+    .await;
+    let client = cluster.client().await.unwrap();
+    let infos: Vec<InfoResponse> = discover(
+        &client,
+        Verb::Info,
+        Some("registry"),
+        Duration::from_millis(300),
+    )
+    .await
+    .unwrap();
+    let url = infos[0].metadata["dashboard"].clone();
+    let host = url
+        .strip_prefix("http://")
+        .and_then(|r| r.strip_suffix('/'))
+        .unwrap()
+        .to_owned();
+    let host = host.as_str();
+    let (_, _, page) = http(host, "GET", "/", &[], "").await;
+    let token = page
+        .split("<meta name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    let (_, _, body) = http(host, "GET", "/dashboard/state", &[], "").await;
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["auth"], true, "{state}");
+
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("X-CSRF-Token", token.as_str()),
+    ];
+    let toggle = |body: String| async move {
+        let (status, _, reply) =
+            http(host, "POST", "/dashboard/maintenance", &headers, &body).await;
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&reply).unwrap(),
+        )
+    };
+    let (status, reply) = toggle(r#"{"on":true}"#.to_owned()).await;
+    assert_eq!(status, 401, "{reply}");
+    let (status, reply) = toggle(r#"{"on":true,"password":"wrong"}"#.to_owned()).await;
+    assert_eq!(status, 403, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused the admin password"),
+        "{reply}"
+    );
+    // The registry's own password is not admin's either.
+    let own = cluster.password(user).unwrap();
+    let (status, _) = toggle(serde_json::json!({"on": true, "password": own}).to_string()).await;
+    assert_eq!(status, 403);
+    let flag = || async {
+        let kv = async_nats::jetstream::new(client.clone())
+            .get_key_value(protocol::names::buckets::CONFIG)
+            .await
+            .unwrap();
+        kv.get(protocol::names::keys::SITE_MAINTENANCE)
+            .await
+            .unwrap()
+            .is_some_and(|v| protocol::names::maintenance_flag(&v))
+    };
+    assert!(!flag().await, "a refused toggle changed the flag");
+    let admin = cluster.password(protocol::accounts::ADMIN).unwrap();
+    let (status, reply) =
+        toggle(serde_json::json!({"on": true, "password": admin}).to_string()).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        reply,
+        serde_json::json!({"maintenance": true, "as": "admin"})
+    );
+    // (A KV read may be served by a replica a moment behind.)
+    eventually("the flag on", Duration::from_secs(5), || async {
+        if flag().await { Ok(()) } else { Err("off") }
+    })
+    .await;
+    let (status, _) = toggle(serde_json::json!({"on": false, "password": admin}).to_string()).await;
+    assert_eq!(status, 200);
+    eventually("the flag off", Duration::from_secs(5), || async {
+        if flag().await { Err("on") } else { Ok(()) }
+    })
+    .await;
+    registry.stop().await;
+}
