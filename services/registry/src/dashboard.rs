@@ -754,6 +754,19 @@ pub(crate) fn refuse_forgery(
     None
 }
 
+/// Whether `host` (a `Host` header) names an IP address or `localhost`,
+/// never a DNS name that could be re-pointed at this server (rebinding).
+pub(crate) fn literal_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    name.parse::<std::net::IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost")
+}
+
 async fn maintenance(
     State(ctx): State<Arc<Registry>>,
     headers: HeaderMap,
@@ -793,6 +806,21 @@ async fn maintenance(
             );
         }
         (_, Some(password)) => as_admin(&ctx, password, toggle.on).await,
+        (false, None)
+            if !headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .is_some_and(literal_host) =>
+        {
+            // Without a password nothing but the origin checks guard it,
+            // and a rebound DNS name passes those.
+            return error(
+                StatusCode::FORBIDDEN,
+                "cross_origin",
+                "without accounts the toggle answers only a page opened by IP address or localhost \
+                 (e.g. http://127.0.0.1:9464/), not by a DNS name",
+            );
+        }
         (false, None) => {
             // No accounts on this cluster: the registry's own connection
             // may write the flag, and nothing else would check a password.
@@ -950,6 +978,31 @@ mod tests {
             Some("csrf")
         );
         assert_eq!(code(&[good[0], good[2], good[3]]), Some("invalid_request"));
+    }
+
+    #[test]
+    fn only_ip_addresses_and_localhost_are_literal_hosts() {
+        for host in [
+            "127.0.0.1:9464",
+            "127.0.0.1",
+            "[::1]:9464",
+            "[::1]",
+            "localhost:9464",
+            "LOCALHOST",
+            "10.1.2.3:80",
+        ] {
+            assert!(literal_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:9464",
+            "evil.example",
+            "",
+            ":9464",
+            "[evil]:1",
+            "localhost.evil:1",
+        ] {
+            assert!(!literal_host(host), "{host}");
+        }
     }
 
     #[test]

@@ -28,9 +28,12 @@ async fn http(
 ) -> (u16, String, String) {
     let mut stream = TcpStream::connect(host).await.unwrap();
     let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        request.push_str(&format!("Host: {host}\r\n"));
+    }
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -198,6 +201,23 @@ async fn the_dashboard_serves_a_snapshot_live_events_and_a_guarded_toggle() {
     }
     let (status, _, _) = http(host, "GET", "/dashboard/maintenance", &[], "").await;
     assert_eq!(status, 405);
+    // Without accounts no password guards it: a page reached by a DNS name
+    // (which could be re-pointed here: rebinding) is refused.
+    let (status, _, reply) = http(
+        host,
+        "POST",
+        "/dashboard/maintenance",
+        &[
+            json,
+            with_token,
+            ("Host", "rebound.example:9464"),
+            ("Origin", "http://rebound.example:9464"),
+        ],
+        r#"{"on":true}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{reply}");
+    assert!(reply.contains("not by a DNS name"), "{reply}");
     // Without accounts, the registry's own connection sets it, and says so.
     let (status, _, reply) = http(
         host,
