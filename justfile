@@ -35,6 +35,15 @@ setup:
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
     fi
     promtool --version | head -1
+    # Headless Chromium and its driver (Debian's) for the dashboard's browser
+    # test and `just screenshot`; Selenium is given both paths, so it downloads nothing.
+    if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
+        echo "installing chromium and chromium-driver (Debian packages)"
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+    fi
+    /usr/bin/chromedriver --version | head -1
 
 # Build every binary (debug; shared with the tests).
 build:
@@ -62,6 +71,11 @@ test: setup lint
 bench NAME="quick" *ARGS: setup
     cargo build --release --workspace --locked
     target/release/switchyard bench {{NAME}} {{ARGS}}
+
+# docs/dashboard.png: the dashboard of a fresh stack with live data, from the browser test (headless Chromium, 1280x900).
+screenshot: setup build
+    cd clients/python && SWITCHYARD_DASHBOARD_SCREENSHOT={{justfile_directory()}}/docs/dashboard.png {{venv}}/bin/python -m pytest -q tests/test_dashboard.py -k shows
+    @echo "wrote docs/dashboard.png"
 
 # Only the Python client's tests (needs `just build` first).
 pytest *ARGS: setup build

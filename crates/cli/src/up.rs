@@ -41,7 +41,7 @@ pub(crate) struct NatsArgs {
 pub(crate) struct UpArgs {
     #[command(flatten)]
     nats: NatsArgs,
-    /// Port of the registry's Prometheus /metrics.
+    /// Port of the registry's Prometheus /metrics and live dashboard (/).
     #[arg(long, default_value_t = 9464)]
     metrics_port: u16,
     /// Start only these services (default: every service binary found).
@@ -308,9 +308,10 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
         _ = shutdown.cancelled() => {}
         ready = wait_ready(&urls, &names, client_credentials.clone()) => match ready {
             Ok(()) => crate::say(format_args!(
-                "switchyard ready: NATS {} (monitoring http://127.0.0.1:{}, metrics http://127.0.0.1:{}/metrics) · {} · services: {} · logs: {} · try `switchyard math add 2 3` · Ctrl-C stops everything",
+                "switchyard ready: NATS {} (monitoring http://127.0.0.1:{}, metrics http://127.0.0.1:{}/metrics) · dashboard http://127.0.0.1:{}/ · {} · services: {} · logs: {} · try `switchyard math add 2 3` · Ctrl-C stops everything",
                 urls.join(","),
                 args.nats.http_port,
+                args.metrics_port,
                 args.metrics_port,
                 if secrets.is_some() {
                     format!(

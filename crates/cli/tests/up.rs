@@ -162,6 +162,10 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
         "{ready}"
     );
     assert!(ready.contains("math"), "{ready}");
+    assert!(
+        ready.contains(&format!("dashboard http://127.0.0.1:{metrics_port}/ ")),
+        "{ready}"
+    );
 
     let servers = format!(
         "nats://127.0.0.1:{},nats://127.0.0.1:{}",

@@ -465,6 +465,32 @@ mod tests {
     }
 
     #[test]
+    fn the_registry_reads_what_the_dashboard_shows_and_publishes_none_of_it() {
+        let registry = manifest::of(services::REGISTRY).map(user).unwrap();
+        for s in [
+            "stocks.AAPL",
+            "logs.payment-processor.info",
+            "events.payment.completed",
+            "events.payment.failed",
+        ] {
+            assert!(allowed(&registry.subscribe, s), "subscribe {s}");
+            assert!(!allowed(&registry.publish, s), "publish {s}");
+        }
+        // No admin rights: the maintenance flag is written as `admin`.
+        for s in [
+            "$KV.config.site_maintenance",
+            "$JS.API.STREAM.UPDATE.KV_config",
+            "events.email.sent",
+            "services.payment.payment-process",
+        ] {
+            assert!(!allowed(&registry.publish, s), "publish {s}");
+        }
+        for s in ["events.email.sent", "services.payment.payment-process"] {
+            assert!(!allowed(&registry.subscribe, s), "subscribe {s}");
+        }
+    }
+
+    #[test]
     fn every_manifest_subject_is_permitted() {
         for m in manifest::ALL.iter() {
             let u = user(m);

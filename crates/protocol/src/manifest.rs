@@ -281,6 +281,13 @@ fn registry() -> Manifest {
     .bucket(buckets::REGISTRY, Role::Owns)
     .with_requests([micro::SRV_ALL]) // it asks every instance for `$SRV.STATS`
     .observing_jetstream() // stream and consumer gauges in `/metrics`
+    // The live dashboard (`GET /`): ticks, every service's log lines and
+    // payment events, read only (core subscriptions, nothing published).
+    .subscribing([
+        subjects::STOCKS_ALL,
+        subjects::LOGS_ALL,
+        subjects::EVENT_PAYMENT_ALL,
+    ])
 }
 
 fn math() -> Manifest {
@@ -406,6 +413,12 @@ fn stock_ticker() -> Manifest {
 impl Manifest {
     fn observing_jetstream(mut self) -> Self {
         self.observes_jetstream = true;
+        self
+    }
+
+    fn subscribing<const N: usize>(mut self, subjects: [&str; N]) -> Self {
+        self.subscribes
+            .extend(subjects.iter().map(|s| (*s).to_owned()));
         self
     }
 

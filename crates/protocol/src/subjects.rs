@@ -30,6 +30,8 @@ pub const PAYMENT_REPLAY: &str = "services.payment.replay";
 pub const PAYMENT_DLQ: &str = "dlq.payments";
 pub const EVENT_PAYMENT_COMPLETED: &str = "events.payment.completed";
 pub const EVENT_PAYMENT_FAILED: &str = "events.payment.failed";
+/// Every payment event (`completed`, `failed`).
+pub const EVENT_PAYMENT_ALL: &str = "events.payment.>";
 
 // --- events ---------------------------------------------------------------
 /// Everything published here is kept in stream `EVENTS`.

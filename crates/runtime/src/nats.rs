@@ -45,11 +45,45 @@ impl Connection {
 
 /// The `ConnectOptions` the settings describe (auth, TLS, timeouts, reconnect).
 pub async fn options(settings: &NatsSettings, name: &str) -> anyhow::Result<ConnectOptions> {
+    Ok(base_options(settings, name)
+        .await?
+        .retry_on_initial_connect()
+        .max_reconnects(None))
+}
+
+/// Connects once, for a short-lived connection with credentials that may
+/// be wrong (the dashboard's `admin` connection): every seed is tried once
+/// and a refusal is returned at once instead of being retried forever in
+/// the background. Auth and TLS are the settings', as in [`options`]; the
+/// connection gives up after a few reconnects. An authorization refusal is
+/// an [`async_nats::ConnectError`] of kind `AuthorizationViolation` (see
+/// [`is_authorization_error`]).
+pub async fn connect_once(settings: &NatsSettings, name: &str) -> anyhow::Result<Client> {
+    let client = base_options(settings, name)
+        .await?
+        .max_reconnects(Some(3))
+        .connect(settings.urls.clone())
+        .await?;
+    Ok(client)
+}
+
+/// Whether `err` (from [`connect_once`]) says the server refused the
+/// credentials.
+pub fn is_authorization_error(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<async_nats::ConnectError>()
+        .is_some_and(|e| {
+            matches!(
+                e.kind(),
+                async_nats::ConnectErrorKind::AuthorizationViolation
+                    | async_nats::ConnectErrorKind::Authentication
+            )
+        })
+}
+
+async fn base_options(settings: &NatsSettings, name: &str) -> anyhow::Result<ConnectOptions> {
     let max_delay = Duration::from_millis(settings.reconnect_delay_max_ms);
     let mut opts = ConnectOptions::new()
         .name(settings.name.as_deref().unwrap_or(name))
-        .retry_on_initial_connect()
-        .max_reconnects(None)
         .connection_timeout(Duration::from_millis(settings.connect_timeout_ms))
         .ping_interval(Duration::from_millis(settings.ping_interval_ms))
         .request_timeout(Some(settings.request_timeout()))

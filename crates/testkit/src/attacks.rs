@@ -158,6 +158,35 @@ pub async fn service_user(w: &Watched, user: &User, all: &[User]) {
     }
     row("create/update streams, consumers");
 
+    // The site-wide maintenance flag is written as `admin` only (the
+    // dashboard's toggle logs in as admin; the registry's own user may not).
+    w.publish_refused(&subjects::kv_key(
+        buckets::CONFIG,
+        protocol::names::keys::SITE_MAINTENANCE,
+    ))
+    .await;
+    rows += 1;
+    row("write the maintenance flag");
+
+    // The registry reads ticks, logs and payment events for the dashboard:
+    // it may publish none of them.
+    if own.service == services::REGISTRY {
+        for subject in [
+            "stocks.MSFT".to_owned(),
+            subjects::logs(services::PAYMENT_PROCESSOR, "info").unwrap(),
+            subjects::EVENT_PAYMENT_FAILED.to_owned(),
+        ] {
+            assert!(
+                allowed(&user.subscribe, &subject),
+                "{subject}: {:?}",
+                user.subscribe
+            );
+            w.publish_refused(&subject).await;
+            rows += 1;
+        }
+        row("publish what the dashboard reads");
+    }
+
     // Positive control on the same connection: a permitted JetStream call
     // is answered and produces no violation.
     let before = w.errors().len();

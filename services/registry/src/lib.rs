@@ -5,8 +5,10 @@
 //! services.registry.lookup.<name> | list             ◀─ KV registry (healthy = heartbeat within TTL)
 //! reaper: silent for remove_after_ttls × TTL ─▶ delete (at the revision read)
 //! GET /metrics (Prometheus) ◀─ $SRV.STATS of every instance + registry health gauges
+//! GET / (live dashboard)     ◀─ the same + stocks.>, logs.>, events.payment.> (read only)
 //! ```
 
+mod dashboard;
 mod endpoints;
 mod metrics;
 mod settings;
@@ -32,6 +34,8 @@ pub(crate) struct Registry {
     pub(crate) js: async_nats::jetstream::Context,
     pub(crate) store: store::Store,
     pub(crate) settings: RegistrySettings,
+    /// The live dashboard served next to `/metrics`.
+    pub(crate) dashboard: dashboard::Dashboard,
 }
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -71,6 +75,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         js: app.jetstream.clone(),
         store: store::Store { kv },
         settings: registry,
+        dashboard: dashboard::Dashboard::new(
+            app.settings.nats.clone(),
+            app.replicas(),
+            app.maintenance(),
+        ),
     });
     let mut service = app
         .service(VERSION, DESCRIPTION)
@@ -95,13 +104,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .task("reaper", reap);
     if let Some(listener) = metrics {
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics and the dashboard at /");
         let url = format!("http://{addr}/metrics");
+        let dashboard = format!("http://{addr}/");
         service = service
-            .metadata(BTreeMap::from([("metrics".to_owned(), url)]))
+            .metadata(BTreeMap::from([
+                ("metrics".to_owned(), url),
+                ("dashboard".to_owned(), dashboard),
+            ]))
             .task("metrics", move |state, stop| {
                 metrics::serve(state, listener, stop)
-            });
+            })
+            .task("dashboard-feed", dashboard::feed)
+            .task("dashboard-sampler", dashboard::sample);
     }
     service.serve().await
 }

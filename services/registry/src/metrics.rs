@@ -81,17 +81,24 @@ fn latency_buckets(data: Option<&serde_json::Value>) -> Option<Vec<(f64, u64)>> 
         .then(|| bounds.zip(counts).collect())
 }
 
-/// Serves `GET /metrics` until `stop`.
+/// Serves `GET /metrics` and the dashboard (`GET /`, `/dashboard/...`)
+/// until `stop`.
 pub(crate) async fn serve(
     state: Arc<Registry>,
     listener: tokio::net::TcpListener,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let streams = state.dashboard.stop.clone();
     let app = Router::new()
         .route("/metrics", get(scrape))
+        .merge(crate::dashboard::routes())
         .with_state(state);
     axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .with_graceful_shutdown(async move {
+            stop.cancelled().await;
+            // The dashboard's event streams never end by themselves.
+            streams.cancel();
+        })
         .await
         .context("the metrics server failed")
 }
@@ -147,7 +154,7 @@ pub(crate) struct ConsumerState {
 
 /// Every stream and consumer of the account, from list calls (state only,
 /// no message is read).
-async fn jetstream_state(js: &jetstream::Context) -> anyhow::Result<JetStreamState> {
+pub(crate) async fn jetstream_state(js: &jetstream::Context) -> anyhow::Result<JetStreamState> {
     let mut out = JetStreamState::default();
     let mut streams = js.streams();
     while let Some(info) = streams.next().await {
