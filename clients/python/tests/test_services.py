@@ -268,6 +268,17 @@ async def test_seed_001_client_library_on_a_plain_connection(stack):
         await nc.drain()
 
 
+async def _logs_of_trace(sy, trace_id: str) -> list:
+    """The stored log records of a trace, waiting up to 10 s for the first."""
+    found = []
+    for _ in range(100):
+        found = await sy.logs.query(trace_id=trace_id)
+        if found:
+            break
+        await asyncio.sleep(0.1)
+    return found
+
+
 async def test_a_request_s_trace_id_reaches_the_service_s_log_records(sy):
     """A request carrying a W3C traceparent: the log lines the service writes
     while handling it carry its trace id (the runtime's request span), so
@@ -278,12 +289,7 @@ async def test_a_request_s_trace_id_reaches_the_service_s_log_records(sy):
     reply = await sy.request_raw("services.notification.email-send", body, headers=headers)
     assert json.loads(reply.data)["accepted"] is True
     assert reply.headers and reply.headers.get("traceparent") == headers["traceparent"]
-    found = []
-    for _ in range(100):
-        found = await sy.logs.query(trace_id=trace_id)
-        if found:
-            break
-        await asyncio.sleep(0.1)
+    found = await _logs_of_trace(sy, trace_id)
     assert any(e.service == "email-notifier" and e.message == "mail accepted" for e in found), found
 
 
@@ -295,10 +301,5 @@ async def test_every_call_starts_a_trace_and_says_its_id(sy):
     assert accepted.id and first and len(first) == 32 and int(first, 16) > 0
     assert await sy.math.add(1, 2) == 3
     assert sy.last_trace_id not in (None, first), "a new trace per call"
-    found = []
-    for _ in range(100):
-        found = await sy.logs.query(trace_id=first)
-        if found:
-            break
-        await asyncio.sleep(0.1)
+    found = await _logs_of_trace(sy, first)
     assert any(e.service == "email-notifier" and e.message == "mail accepted" for e in found), found

@@ -61,6 +61,23 @@ async fn read_until(stream: &mut TcpStream, seen: &mut String, needle: &str) {
     assert!(found.is_ok(), "no {needle:?} in the event stream: {seen}");
 }
 
+/// `host:port` of the dashboard the registry announces in `$SRV.INFO`.
+async fn dashboard_host(client: &async_nats::Client) -> String {
+    let infos: Vec<InfoResponse> = discover(
+        client,
+        Verb::Info,
+        Some("registry"),
+        Duration::from_millis(300),
+    )
+    .await
+    .unwrap();
+    let url = infos[0].metadata["dashboard"].clone();
+    url.strip_prefix("http://")
+        .and_then(|r| r.strip_suffix('/'))
+        .unwrap()
+        .to_owned()
+}
+
 #[tokio::test]
 async fn the_dashboard_serves_a_snapshot_live_events_and_a_guarded_toggle() {
     let cluster = Cluster::start(3).await.unwrap();
@@ -74,20 +91,7 @@ async fn the_dashboard_serves_a_snapshot_live_events_and_a_guarded_toggle() {
     )
     .await;
     let client = cluster.client().await.unwrap();
-    let infos: Vec<InfoResponse> = discover(
-        &client,
-        Verb::Info,
-        Some("registry"),
-        Duration::from_millis(300),
-    )
-    .await
-    .unwrap();
-    let url = infos[0].metadata["dashboard"].clone();
-    let host = url
-        .strip_prefix("http://")
-        .and_then(|r| r.strip_suffix('/'))
-        .unwrap()
-        .to_owned();
+    let host = dashboard_host(&client).await;
     let host = host.as_str();
 
     // The page, with its token and a policy that lets nothing else in.
@@ -305,20 +309,7 @@ async fn with_accounts_the_toggle_logs_in_as_admin_and_nats_checks_the_password(
     )
     .await;
     let client = cluster.client().await.unwrap();
-    let infos: Vec<InfoResponse> = discover(
-        &client,
-        Verb::Info,
-        Some("registry"),
-        Duration::from_millis(300),
-    )
-    .await
-    .unwrap();
-    let url = infos[0].metadata["dashboard"].clone();
-    let host = url
-        .strip_prefix("http://")
-        .and_then(|r| r.strip_suffix('/'))
-        .unwrap()
-        .to_owned();
+    let host = dashboard_host(&client).await;
     let host = host.as_str();
     let (_, _, page) = http(host, "GET", "/", &[], "").await;
     let token = page
