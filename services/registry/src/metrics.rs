@@ -176,6 +176,12 @@ pub(crate) async fn jetstream_state(js: &jetstream::Context) -> anyhow::Result<J
         let mut listed = stream.consumers();
         while let Some(c) = listed.next().await {
             let c = c?;
+            // Durable consumers only: the ephemeral ones (KV watchers and
+            // key listings, `stocks history`) come and go with random
+            // names, and their "pending" is no backlog.
+            if !is_durable(&c.config) {
+                continue;
+            }
             consumers.push(ConsumerState {
                 name: c.name,
                 pending: c.num_pending,
@@ -192,6 +198,14 @@ pub(crate) async fn jetstream_state(js: &jetstream::Context) -> anyhow::Result<J
         });
     }
     Ok(out)
+}
+
+/// A consumer that outlives its client: it has a durable name.
+fn is_durable(config: &jetstream::consumer::Config) -> bool {
+    config
+        .durable_name
+        .as_deref()
+        .is_some_and(|d| !d.is_empty())
 }
 
 async fn render(ctx: &Registry) -> anyhow::Result<String> {
@@ -373,6 +387,20 @@ fn encode_jetstream(registry: &mut Metrics, jetstream: &JetStreamState) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_durable_consumers_are_measured() {
+        let mut config = jetstream::consumer::Config::default();
+        assert!(
+            !is_durable(&config),
+            "an ordered consumer (KV watch, key listing)"
+        );
+        config.durable_name = Some(String::new());
+        assert!(!is_durable(&config));
+        config.durable_name = Some("payment-processor".into());
+        assert!(is_durable(&config));
+    }
+
     use super::*;
 
     fn deploy(path: &str) -> String {
