@@ -109,6 +109,11 @@ stress COUNT="20": setup build
 chaos DURATION="10m" *ARGS: setup build
     target/debug/switchyard-chaos --duration {{DURATION}} {{ARGS}}
 
+# The power-loss nemesis (issue 18): the nodes' stores on lazy filesystems, power cuts of one node or all three under load,
+# then the same checker (`just chaos-power-loss 3m --sync-interval default`, `--strict`). Not part of `just test`.
+chaos-power-loss DURATION="2m" *ARGS: setup build
+    target/debug/switchyard-chaos --power-loss --duration {{DURATION}} {{ARGS}}
+
 # Call the CLI: `just sy math add 2 3`, `just sy status`.
 sy *ARGS: build
     target/debug/switchyard {{ARGS}}
