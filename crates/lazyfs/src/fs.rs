@@ -73,17 +73,12 @@ struct Undo {
 enum UndoOp {
     /// A file or directory that did not exist: remove it.
     Created { ino: u64 },
-    /// An unlinked file, kept in the trash: put it back.
+    /// An unlinked file or removed (empty) directory, kept in the trash:
+    /// put it back.
     Removed {
         ino: u64,
         parent: u64,
         name: OsString,
-    },
-    /// A removed (empty) directory: make it again.
-    RemovedDir {
-        parent: u64,
-        name: OsString,
-        mode: u32,
     },
     /// A rename: move it back, and put back what it replaced.
     Renamed {
@@ -688,18 +683,27 @@ impl State {
         if !md.is_dir() {
             return Err(Errno::ENOTDIR);
         }
+        if self.strict() {
+            // Into the trash, keeping its identity for the undo records
+            // that name it.
+            if fs::read_dir(&path).map_err(errno)?.next().is_some() {
+                return Err(Errno::ENOTEMPTY);
+            }
+            let ino = self.move_to_trash(&path)?;
+            self.record(
+                UndoOp::Removed {
+                    ino,
+                    parent,
+                    name: name.to_owned(),
+                },
+                &[parent],
+            );
+            return Ok(());
+        }
         fs::remove_dir(&path).map_err(errno)?;
         if let Some(&ino) = self.by_backing.get(&md.ino()) {
             self.drop_node(ino);
         }
-        self.record(
-            UndoOp::RemovedDir {
-                parent,
-                name: name.to_owned(),
-                mode: md.mode() & 0o7777,
-            },
-            &[parent],
-        );
         Ok(())
     }
 
@@ -865,16 +869,10 @@ impl State {
                 fs::rename(self.abs(&trel), self.abs(&dest))
                     .map_err(|e| fail(&format!("restore {}", dest.display()), &e))?;
                 self.undo_restored(ino, dest.clone());
-                Ok(format!("unlink of {} undone", dest.display()))
-            }
-            UndoOp::RemovedDir { parent, name, mode } => {
-                let prel = rel_of(self, parent).map_err(|e| fail("rmdir: parent", &e))?;
-                let dest = prel.join(&name);
-                fs::DirBuilder::new()
-                    .mode(mode)
-                    .create(self.abs(&dest))
-                    .map_err(|e| fail(&format!("mkdir {}", dest.display()), &e))?;
-                Ok(format!("rmdir of {} undone", dest.display()))
+                Ok(format!(
+                    "removal (unlink/rmdir) of {} undone",
+                    dest.display()
+                ))
             }
             UndoOp::Renamed {
                 ino,

@@ -305,3 +305,36 @@ fn nix_statfs(p: &Path) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
+
+#[test]
+fn strict_mode_undoes_rmdir_and_whole_histories_without_errors() {
+    let fx = Fixture::new(Mode::Strict);
+    // Made durable: d/f.
+    fs::create_dir(fx.path("d")).unwrap();
+    fsync_dir(fx.mountpoint_dir());
+    write_file(&fx.path("d/f"), b"f", Some(true));
+    fsync_dir(&fx.path("d"));
+    // Then, none of it durable: the file goes, the directory goes, a new
+    // tree comes and goes, a directory is renamed.
+    fs::remove_file(fx.path("d/f")).unwrap();
+    fs::remove_dir(fx.path("d")).unwrap();
+    fs::create_dir(fx.path("e")).unwrap();
+    fs::create_dir(fx.path("e/sub")).unwrap();
+    write_file(&fx.path("e/sub/x"), b"x", Some(true));
+    fs::rename(fx.path("e/sub"), fx.path("e/sub2")).unwrap();
+    fs::remove_file(fx.path("e/sub2/x")).unwrap();
+    fs::remove_dir(fx.path("e/sub2")).unwrap();
+    fs::create_dir(fx.path("d")).unwrap();
+    write_file(&fx.path("d/f"), b"new", None);
+
+    let report = fx.fs.power_off();
+    println!("{report}: {:?}", report.undone);
+    assert!(report.errors.is_empty(), "{report}");
+    assert_eq!(fs::read(fx.path("d/f")).unwrap(), b"f");
+    assert!(!fx.path("e").exists());
+    let names: Vec<_> = fs::read_dir(fx.fs.mountpoint())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["d"]);
+}
