@@ -809,34 +809,47 @@ impl State {
         for u in &mut self.undo {
             u.pending.remove(&ino);
         }
-        let (done, keep): (Vec<Undo>, Vec<Undo>) = std::mem::take(&mut self.undo)
-            .into_iter()
-            .partition(|u| u.pending.is_empty());
-        self.undo = keep;
-        for u in done {
-            let trashed = match u.op {
-                UndoOp::Removed { ino, .. } => Some(ino),
-                UndoOp::Renamed {
-                    replaced: Some(r), ..
-                } => Some(r),
-                _ => None,
-            };
-            if let Some(t) = trashed
-                && let Ok(n) = self.node(t)
-                && n.gone
-                && n.rel.starts_with(TRASH)
-            {
-                let p = self.abs(&n.rel);
-                let removed = if n.kind == FileType::Directory {
-                    fs::remove_dir_all(&p)
-                } else {
-                    fs::remove_file(&p)
+        // Directories whose removal just became durable: changes still
+        // pending on them can never be made durable, nor need undoing.
+        let mut deleted: HashSet<u64> = HashSet::new();
+        loop {
+            let (done, keep): (Vec<Undo>, Vec<Undo>) =
+                std::mem::take(&mut self.undo).into_iter().partition(|u| {
+                    u.pending.is_empty() || u.pending.iter().any(|d| deleted.contains(d))
+                });
+            self.undo = keep;
+            if done.is_empty() {
+                break;
+            }
+            for u in done {
+                let trashed = match u.op {
+                    UndoOp::Removed { ino, .. } => Some(ino),
+                    UndoOp::Renamed {
+                        replaced: Some(r), ..
+                    } => Some(r),
+                    _ => None,
                 };
-                if removed.is_ok() {
-                    if let Some(n) = self.nodes.get_mut(&t) {
-                        n.dirty = None;
+                if let Some(t) = trashed
+                    && let Ok(n) = self.node(t)
+                    && n.gone
+                    && n.rel.starts_with(TRASH)
+                {
+                    let p = self.abs(&n.rel);
+                    let is_dir = n.kind == FileType::Directory;
+                    let removed = if is_dir {
+                        fs::remove_dir_all(&p)
+                    } else {
+                        fs::remove_file(&p)
+                    };
+                    if removed.is_ok() {
+                        if let Some(n) = self.nodes.get_mut(&t) {
+                            n.dirty = None;
+                        }
+                        self.drop_node(t);
+                        if is_dir {
+                            deleted.insert(t);
+                        }
                     }
-                    self.drop_node(t);
                 }
             }
         }

@@ -338,3 +338,21 @@ fn strict_mode_undoes_rmdir_and_whole_histories_without_errors() {
         .collect();
     assert_eq!(names, ["d"]);
 }
+
+#[test]
+fn strict_mode_forgets_changes_inside_a_directory_whose_removal_is_durable() {
+    let fx = Fixture::new(Mode::Strict);
+    fs::create_dir(fx.path("d")).unwrap();
+    fsync_dir(fx.mountpoint_dir());
+    // Changes in d never made durable by an fsync of d ...
+    write_file(&fx.path("d/x"), b"x", Some(true));
+    fs::rename(fx.path("d/x"), fx.path("d/y")).unwrap();
+    fs::remove_file(fx.path("d/y")).unwrap();
+    // ... but d's removal is.
+    fs::remove_dir(fx.path("d")).unwrap();
+    fsync_dir(fx.mountpoint_dir());
+    let report = fx.fs.power_off();
+    assert!(report.errors.is_empty(), "{report}");
+    assert!(report.undone.is_empty(), "{:?}", report.undone);
+    assert!(!fx.path("d").exists());
+}
