@@ -109,8 +109,7 @@ stress COUNT="20": setup build
 chaos DURATION="10m" *ARGS: setup build
     target/debug/switchyard-chaos --duration {{DURATION}} {{ARGS}}
 
-# The power-loss nemesis (issue 18): the nodes' stores on lazy filesystems, power cuts of one node or all three under load,
-# then the same checker (`just chaos-power-loss 3m --sync-interval default`, `--strict`). Not part of `just test`.
+# The power-loss nemesis (not in `just test`): nodes' stores on lazy filesystems, power cuts of one or all nodes under load, then the checker (`just chaos-power-loss 3m --sync-interval default`, `--strict`).
 chaos-power-loss DURATION="2m" *ARGS: setup build
     target/debug/switchyard-chaos --power-loss --duration {{DURATION}} {{ARGS}}
 
