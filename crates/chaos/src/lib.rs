@@ -71,6 +71,10 @@ pub struct PowerLoss {
     /// Also undo creates/renames/unlinks whose directory was not fsynced:
     /// stricter than ext4, so its findings are labelled as such.
     pub strict: bool,
+    /// When the first cut (of every node) comes, after the load starts.
+    /// Past 2 minutes, even the server's default interval has synced the
+    /// streams' creation: what is lost then is acknowledged messages.
+    pub first_cut_after: Duration,
 }
 
 impl PowerLoss {

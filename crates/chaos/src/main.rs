@@ -37,6 +37,10 @@ struct Args {
     /// was not fsynced (stricter than ext4; findings are labelled).
     #[arg(long)]
     strict: bool,
+    /// With --power-loss: when the first whole-cluster cut comes (past 2m,
+    /// the default interval has synced the streams' creation).
+    #[arg(long, default_value = "5s", value_parser = runtime::time::parse_duration)]
+    first_cut_after: Duration,
 }
 
 #[tokio::main]
@@ -75,6 +79,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         opts.power_loss = Some(chaos::PowerLoss {
             sync_always: args.sync_interval == "always",
             strict: args.strict,
+            first_cut_after: args.first_cut_after,
         });
     } else {
         anyhow::ensure!(

@@ -145,7 +145,8 @@ pub(crate) async fn run(system: &mut System, opts: &Options) -> anyhow::Result<F
 }
 
 /// Power-loss mode: power cuts only, alternating between one node and all
-/// three at once (the first, 5 s into the load, is a whole-cluster cut),
+/// three at once (the first, `first_cut_after` into the load, is a
+/// whole-cluster cut),
 /// with 3-8 s of load between cuts. Each cut SIGKILLs, drops every unsynced
 /// byte of the nodes' stores, restarts them and waits until JetStream
 /// serves again.
@@ -154,7 +155,10 @@ async fn power_loss(system: &mut System, opts: &Options) -> anyhow::Result<Fault
     let start = Instant::now();
     let end = start + opts.duration;
     let mut faults = Faults::default();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let first_cut_after = opts
+        .power_loss
+        .map_or(Duration::from_secs(5), |p| p.first_cut_after);
+    tokio::time::sleep(first_cut_after).await;
     let mut all = true;
     while Instant::now() < end {
         let at = start.elapsed();

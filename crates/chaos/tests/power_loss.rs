@@ -1,7 +1,7 @@
 //! The power-loss nemesis (issue 18), not part of `just test` yet: run it
 //! with `cargo test -p switchyard-chaos --test power_loss -- --ignored
 //! --nocapture` (`CHAOS_DURATION`, `CHAOS_SEED`, `CHAOS_SYNC_INTERVAL=default`,
-//! `CHAOS_STRICT=1` change it), or `just chaos-power-loss 2m [--sync-interval
+//! `CHAOS_STRICT=1`, `CHAOS_FIRST_CUT_AFTER=150s` change it), or `just chaos-power-loss 2m [--sync-interval
 //! default] [--strict]`. Needs /dev/fuse and fusermount3 (`just setup`).
 
 #![allow(
@@ -29,6 +29,11 @@ async fn no_acknowledged_payment_is_lost_to_power_cuts() {
     opts.power_loss = Some(chaos::PowerLoss {
         sync_always: std::env::var("CHAOS_SYNC_INTERVAL").as_deref() != Ok("default"),
         strict: std::env::var("CHAOS_STRICT").is_ok_and(|v| v == "1"),
+        first_cut_after: std::env::var("CHAOS_FIRST_CUT_AFTER")
+            .ok()
+            .map_or(Duration::from_secs(5), |d| {
+                runtime::time::parse_duration(&d).unwrap()
+            }),
     });
     let report = chaos::run(&opts).await.unwrap();
     for line in &report.fault_log {
