@@ -58,12 +58,17 @@ const HOW_TO_INSTALL: &str = "install FUSE with `just setup` (it installs Debian
 /// and `fusermount3` is on `PATH` (or in /usr/bin or /bin). The error says
 /// how to fix it.
 pub fn preflight() -> io::Result<()> {
-    if !Path::new("/dev/fuse").exists() {
+    check(Path::new("/dev/fuse"), fusermount3().is_some())
+}
+
+fn check(dev_fuse: &Path, have_fusermount3: bool) -> io::Result<()> {
+    if !dev_fuse.exists() {
         return Err(io::Error::other(format!(
-            "switchyard-lazyfs: /dev/fuse is missing: {HOW_TO_INSTALL}"
+            "switchyard-lazyfs: {} is missing: {HOW_TO_INSTALL}",
+            dev_fuse.display()
         )));
     }
-    if fusermount3().is_none() {
+    if !have_fusermount3 {
         return Err(io::Error::other(format!(
             "switchyard-lazyfs: fusermount3 not found: {HOW_TO_INSTALL}"
         )));
@@ -77,6 +82,25 @@ fn fusermount3() -> Option<PathBuf> {
         .chain([PathBuf::from("/usr/bin"), PathBuf::from("/bin")])
         .map(|d| d.join("fusermount3"))
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_fuse_the_error_says_how_to_install_it() {
+        let err = check(Path::new("/nonexistent/fuse"), true).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/fuse is missing"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("just setup"), "{err}");
+        let err = check(Path::new("/"), false).unwrap_err();
+        assert!(err.to_string().contains("fusermount3 not found"), "{err}");
+        assert!(err.to_string().contains("apt-get install fuse3"), "{err}");
+        assert!(check(Path::new("/"), true).is_ok());
+    }
 }
 
 /// Entry point: see [`LazyFs::mount`].
