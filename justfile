@@ -118,8 +118,10 @@ sy *ARGS: build
     target/debug/switchyard {{ARGS}}
 
 # Offline images (no pull): NATS FROM scratch + every service FROM scratch with its release binary.
+# The nemesis (test support) is left out: building it alongside would turn on testkit's
+# `lazyfs` feature for the whole build, and the shipped `switchyard` CLI would carry the lazy filesystem.
 docker-images: setup
-    cargo build --release --workspace --locked
+    cargo build --release --workspace --locked --exclude switchyard-chaos
     bash deploy/docker/build-offline.sh
 
 # The compose stack from the offline images (3 NATS nodes + six services, locked down):
