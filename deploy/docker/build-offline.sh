@@ -20,7 +20,7 @@ for service in math-service email-notifier payment-processor log-worker stock-ti
   bin="target/release/$service"
   image="switchyard/$service:$tag"
   [ "$service" = switchyard ] && image="switchyard/cli:$tag"
-  [ -x "$bin" ] || { echo "missing $bin: run cargo build --release --workspace" >&2; exit 1; }
+  [ -x "$bin" ] || { echo "missing $bin: run cargo build --release --workspace --exclude switchyard-chaos" >&2; exit 1; }
   root="$work/$service/rootfs"
   mkdir -p "$root/usr/local/bin" "$root/etc" "$root/tmp" "$work/$service/data"
   touch "$work/$service/data/.keep"

@@ -116,10 +116,19 @@ pub(crate) async fn check(
     let kv = runtime::js::retry("opening bucket payments", Duration::from_secs(60), || {
         js.get_key_value(buckets::PAYMENTS)
     })
-    .await?;
+    .await;
+    // A power loss can take the whole bucket: then every record is lost.
+    let kv = match kv {
+        Ok(kv) => Some(kv),
+        Err(e) if opts.power_loss.is_some() => {
+            eprintln!("chaos: bucket {} is gone: {e:#}", buckets::PAYMENTS);
+            None
+        }
+        Err(e) => return Err(e),
+    };
     let deadline = Instant::now() + opts.settle;
     let mut records: BTreeMap<String, PaymentRecord> = BTreeMap::new();
-    loop {
+    while let Some(kv) = &kv {
         for id in outcome.payments.keys() {
             if records.get(id).is_some_and(|r| r.status.is_final()) {
                 continue;
@@ -157,11 +166,28 @@ pub(crate) async fn check(
             .or_default()
             .push(line.charge_id.as_deref().unwrap_or(""));
     }
-    let completed_events = count_events(&js, subjects::EVENT_PAYMENT_COMPLETED).await;
+    let completed_events = if opts.power_loss.is_some()
+        && js
+            .get_stream(protocol::names::streams::EVENTS)
+            .await
+            .is_err_and(|e| e.to_string().contains("not found"))
+    {
+        // A power loss took the whole stream: no event is left to count.
+        eprintln!("chaos: stream {} is gone", protocol::names::streams::EVENTS);
+        HashMap::new()
+    } else {
+        count_events(&js, subjects::EVENT_PAYMENT_COMPLETED).await
+    };
     let mut receipts_due = Vec::new();
     for (id, req) in &outcome.payments {
         let Some(record) = records.get(id) else {
             report.violation("payment lost (no record)", id.clone());
+            if let Some(charges) = charged.get(id.as_str()) {
+                report.violation(
+                    "lost after being charged",
+                    format!("{id}: {} charges", charges.len()),
+                );
+            }
             continue;
         };
         let charges = charged.get(id.as_str()).map_or(&[][..], Vec::as_slice);

@@ -24,6 +24,23 @@ struct Args {
     /// Print each fault as it was injected.
     #[arg(long)]
     verbose: bool,
+    /// Power-loss mode (issue 18): the nodes' stores on lazy filesystems,
+    /// power cuts of one node or all three instead of SIGKILL/SIGSTOP.
+    /// Needs /dev/fuse and fusermount3 (`just setup`).
+    #[arg(long)]
+    power_loss: bool,
+    /// With --power-loss: `always` (fsync before every ack, as shipped) or
+    /// `default` (the server's 2-minute interval).
+    #[arg(long, default_value = "always", value_parser = ["always", "default"])]
+    sync_interval: String,
+    /// With --power-loss: also undo creates/renames/unlinks whose directory
+    /// was not fsynced (stricter than ext4; findings are labelled).
+    #[arg(long)]
+    strict: bool,
+    /// With --power-loss: when the first whole-cluster cut comes (past 2m,
+    /// the default interval has synced the streams' creation).
+    #[arg(long, default_value = "5s", value_parser = runtime::time::parse_duration)]
+    first_cut_after: Duration,
 }
 
 #[tokio::main]
@@ -58,9 +75,26 @@ async fn main() -> anyhow::Result<ExitCode> {
     }
     opts.payments_per_sec = args.payments_per_sec;
     opts.emails_per_sec = args.emails_per_sec;
+    if args.power_loss {
+        opts.power_loss = Some(chaos::PowerLoss {
+            sync_always: args.sync_interval == "always",
+            strict: args.strict,
+            first_cut_after: args.first_cut_after,
+        });
+    } else {
+        anyhow::ensure!(
+            !args.strict && args.sync_interval == "always",
+            "--strict and --sync-interval go with --power-loss"
+        );
+    }
     eprintln!(
-        "chaos: {:?} of load and faults (seed {:#x}), then up to {:?} to settle",
-        opts.duration, opts.seed, opts.settle
+        "chaos: {:?} of load and faults (seed {:#x}), then up to {:?} to settle{}",
+        opts.duration,
+        opts.seed,
+        opts.settle,
+        opts.power_loss
+            .map(|p| format!(" [{}]", p.label()))
+            .unwrap_or_default()
     );
     let report = chaos::run(&opts).await?;
     if args.verbose {

@@ -69,6 +69,9 @@ fn signal(pid: Option<u32>, signal: Signal) {
 /// fault is fixed: the measured case of a payment processor SIGSTOPped for
 /// 5 s, 1.5 s into the load.
 pub(crate) async fn run(system: &mut System, opts: &Options) -> anyhow::Result<Faults> {
+    if opts.power_loss.is_some() {
+        return power_loss(system, opts).await;
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x6e656d65);
     let start = Instant::now();
     let end = start + opts.duration;
@@ -137,6 +140,44 @@ pub(crate) async fn run(system: &mut System, opts: &Options) -> anyhow::Result<F
     // Healed: every node and every process runs (faults end where they
     // start, so there is nothing left to undo); wait until the cluster
     // serves again from every node.
+    system.cluster.wait_ready().await?;
+    Ok(faults)
+}
+
+/// Power-loss mode: power cuts only, alternating between one node and all
+/// three at once (the first, `first_cut_after` into the load, is a
+/// whole-cluster cut),
+/// with 3-8 s of load between cuts. Each cut SIGKILLs, drops every unsynced
+/// byte of the nodes' stores, restarts them and waits until JetStream
+/// serves again.
+async fn power_loss(system: &mut System, opts: &Options) -> anyhow::Result<Faults> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x706f7765);
+    let start = Instant::now();
+    let end = start + opts.duration;
+    let mut faults = Faults::default();
+    let first_cut_after = opts
+        .power_loss
+        .map_or(Duration::from_secs(5), |p| p.first_cut_after);
+    tokio::time::sleep(first_cut_after).await;
+    let mut all = true;
+    while Instant::now() < end {
+        let at = start.elapsed();
+        if all {
+            let reports = system.cluster.power_off_all().await?;
+            let dropped: Vec<String> = reports
+                .iter()
+                .enumerate()
+                .map(|(i, r)| format!("node {i}: {r}"))
+                .collect();
+            faults.record(at, "power off all nodes", dropped.join("; "));
+        } else {
+            let node = rng.random_range(0..system.cluster.len());
+            let report = system.cluster.power_off(node).await?;
+            faults.record(at, "power off one node", format!("node {node}: {report}"));
+        }
+        all = rng.random_bool(0.5);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(3_000..=8_000))).await;
+    }
     system.cluster.wait_ready().await?;
     Ok(faults)
 }

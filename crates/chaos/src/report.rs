@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Every kind of violation the checker knows, so the table can say 0.
-pub(crate) const VIOLATION_KINDS: [&str; 12] = [
+pub(crate) const VIOLATION_KINDS: [&str; 13] = [
     "stuck",
     "payment lost (no record)",
+    "lost after being charged",
     "charged more than once",
     "completed but never charged",
     "completed with another charge than the ledger's",
@@ -24,6 +25,8 @@ pub(crate) const VIOLATION_KINDS: [&str; 12] = [
 #[derive(Debug, Default, Clone)]
 pub struct Report {
     pub seed: u64,
+    /// The nemesis's mode when not the default (e.g. power loss).
+    pub mode: Option<String>,
     pub wall: Duration,
     /// Payments the stream acknowledged (what the checker holds the system to).
     pub acked: usize,
@@ -113,7 +116,11 @@ impl Report {
             ]);
         }
         format!(
-            "chaos run: seed {:#x}, {:.0?} wall\n{counts}\n{faults}\n{violations}\n{}",
+            "chaos run{}: seed {:#x}, {:.0?} wall\n{counts}\n{faults}\n{violations}\n{}",
+            self.mode
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default(),
             self.seed,
             self.wall,
             if self.ok() {

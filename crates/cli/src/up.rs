@@ -373,6 +373,7 @@ async fn start_cluster(
         accounts: secrets.is_some(),
         passwords: secrets.cloned().unwrap_or_default(),
         guests: secrets.is_some() && guests,
+        lazy_storage: None,
     })
     .await
 }

@@ -84,6 +84,23 @@ pub struct ClusterOptions {
     /// `protocol::accounts::GUEST` (`no_auth_user`), as on a local
     /// `switchyard up`.
     pub guests: bool,
+    /// Each node's whole JetStream store dir (streams, KV, the meta layer's
+    /// `$SYS/_js` state) on its own lazy filesystem (`crates/lazyfs`), for
+    /// [`Cluster::power_off`] and [`Cluster::power_off_all`]. Needs this
+    /// crate's `lazyfs` feature (test support, kept out of shipped builds).
+    /// Combine with [`Self::sync_always`] (`sync_interval: always` or the
+    /// server's default).
+    pub lazy_storage: Option<LazyMode>,
+}
+
+/// How much a simulated power loss undoes (see `lazyfs::Mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LazyMode {
+    /// Unsynced file data is lost; creates, renames and unlinks are kept.
+    Lazy,
+    /// Also undoes creates, renames and unlinks whose directory was not
+    /// fsynced: stricter than ext4, label findings made in this mode.
+    Strict,
 }
 
 /// The user of the testkit's own connections on a cluster started with
@@ -105,6 +122,7 @@ impl Default for ClusterOptions {
             accounts: false,
             passwords: Default::default(),
             guests: false,
+            lazy_storage: None,
         }
     }
 }
@@ -167,6 +185,10 @@ struct Node {
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// The lazy filesystem under the store (unmounted on drop, after the
+    /// cluster's `Drop` killed the node).
+    #[cfg(feature = "lazyfs")]
+    fs: Option<lazyfs::Mounted>,
 }
 
 /// A running nats-server cluster (or a single server when `nodes == 1`).
@@ -236,9 +258,28 @@ impl Cluster {
             .collect();
         let auth = opts.accounts.then(|| Auth::generate(&opts.passwords));
         let mut nodes = Vec::with_capacity(n);
+        #[cfg(not(feature = "lazyfs"))]
+        if opts.lazy_storage.is_some() {
+            bail!("ClusterOptions::lazy_storage needs switchyard-testkit's `lazyfs` feature");
+        }
         for i in 0..n {
             let store = dir.join(format!("n{i}"));
             std::fs::create_dir_all(&store)?;
+            #[cfg(feature = "lazyfs")]
+            let fs = match opts.lazy_storage {
+                None => None,
+                Some(mode) => {
+                    let mode = match mode {
+                        LazyMode::Lazy => lazyfs::Mode::Lazy,
+                        LazyMode::Strict => lazyfs::Mode::Strict,
+                    };
+                    let disk = dir.join(format!("disk-n{i}"));
+                    Some(
+                        lazyfs::LazyFs::mount(&disk, &store, mode)
+                            .with_context(|| format!("lazy store for node {i}"))?,
+                    )
+                }
+            };
             let mut conf = String::new();
             writeln!(conf, "server_name: \"n{i}\"")?;
             writeln!(conf, "listen: \"127.0.0.1:{}\"", client[i])?;
@@ -278,6 +319,8 @@ impl Cluster {
                 config,
                 log: dir.join(format!("n{i}.log")),
                 child: None,
+                #[cfg(feature = "lazyfs")]
+                fs,
             });
         }
         let mut cluster = Cluster {
@@ -459,6 +502,58 @@ impl Cluster {
         let deadline = Instant::now() + self.ready_timeout;
         self.wait_node(i, deadline).await?;
         self.wait_meshed(deadline).await
+    }
+
+    /// Power loss on node `i` (a cluster with
+    /// [`ClusterOptions::lazy_storage`]): SIGKILL, every byte its store did
+    /// not fsync dropped, then it starts again on the same store and this
+    /// waits as [`Cluster::restart_node`] does.
+    #[cfg(feature = "lazyfs")]
+    pub async fn power_off(&mut self, i: usize) -> anyhow::Result<lazyfs::PowerOffReport> {
+        let report = self.cut_power(i)?;
+        self.spawn(i)?;
+        let deadline = Instant::now() + self.ready_timeout;
+        self.wait_node(i, deadline).await?;
+        self.wait_meshed(deadline).await?;
+        Ok(report)
+    }
+
+    /// Power loss on every node at once: all SIGKILLed, then every store
+    /// loses what it did not fsync, then all start again and this waits
+    /// until the cluster and JetStream are ready ([`Cluster::wait_ready`]).
+    /// Returns each node's report.
+    #[cfg(feature = "lazyfs")]
+    pub async fn power_off_all(&mut self) -> anyhow::Result<Vec<lazyfs::PowerOffReport>> {
+        for i in 0..self.len() {
+            self.kill_node(i);
+        }
+        let reports = (0..self.len())
+            .map(|i| self.cut_power(i))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for i in 0..self.len() {
+            self.spawn(i)?;
+        }
+        self.wait_ready().await?;
+        Ok(reports)
+    }
+
+    #[cfg(feature = "lazyfs")]
+    fn cut_power(&mut self, i: usize) -> anyhow::Result<lazyfs::PowerOffReport> {
+        anyhow::ensure!(i < self.len(), "no node {i}");
+        anyhow::ensure!(
+            self.nodes[i].fs.is_some(),
+            "power_off needs ClusterOptions::lazy_storage"
+        );
+        self.kill_node(i);
+        let fs = self.nodes[i].fs.as_ref().context("no lazy store")?;
+        Ok(fs.power_off())
+    }
+
+    /// Node `i`'s lazy filesystem (op counts, unsynced bytes), on a cluster
+    /// with [`ClusterOptions::lazy_storage`].
+    #[cfg(feature = "lazyfs")]
+    pub fn lazy_fs(&self, i: usize) -> Option<&lazyfs::Mounted> {
+        self.nodes.get(i)?.fs.as_ref()
     }
 
     /// Stops every node: SIGTERM, then SIGKILL after `grace`.

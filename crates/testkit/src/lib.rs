@@ -5,6 +5,9 @@
 //!   every peer are there).
 //! - [`Cluster::kill_node`] / [`Cluster::restart_node`] for failure tests; the
 //!   store survives a restart.
+//! - With [`ClusterOptions::lazy_storage`] (feature `lazyfs`), each node's
+//!   store sits on a lazy filesystem: `Cluster::power_off` /
+//!   `Cluster::power_off_all` lose what was not fsynced, as a power cut does.
 //! - Every process is stopped by PID on drop (also when a test panics), and
 //!   is spawned with `PR_SET_PDEATHSIG` from a thread that lives as long as
 //!   the process, so it dies with us even on abort or SIGKILL.
@@ -25,7 +28,7 @@ mod process;
 pub mod refusals;
 mod service;
 
-pub use cluster::{Cluster, ClusterOptions, TESTKIT_USER, nats_server_bin, node_urls};
+pub use cluster::{Cluster, ClusterOptions, LazyMode, TESTKIT_USER, nats_server_bin, node_urls};
 pub use process::spawn_tied;
 pub mod smtp;
 pub use service::{
