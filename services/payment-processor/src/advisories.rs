@@ -11,6 +11,12 @@
 //! Either way the payment is finished without a new charge attempt
 //! (completed if its key was charged, else voided and failed with reason
 //! `max_deliveries`), and the message is removed from the work queue.
+//!
+//! A third way, for data the cluster lost ([`sweep_orphans`]): a payment
+//! record left neither final nor claimed whose message is no longer in
+//! `PAYMENTS` at all (a power cut with a lazy `sync_interval` can lose the
+//! message but keep an older record) is finished the same way from the
+//! record itself, so nothing stays stuck.
 
 use crate::state::Processor;
 use crate::worker::{self, Delivery, Outcome};
@@ -112,9 +118,21 @@ async fn give_up(
 /// removed after their event is made sure of.
 pub(crate) async fn sweep(ctx: Arc<Processor>, stop: CancellationToken) -> anyhow::Result<()> {
     let every = Duration::from_millis(ctx.settings.sweep_interval_ms);
+    // Orphans need a look at every record: at start, then once per
+    // `stuck_after_ms` (they are only finished after that long anyway).
+    let orphans_every = Duration::from_millis(ctx.settings.stuck_after_ms);
+    let mut orphans_next = tokio::time::Instant::now();
     loop {
         if let Err(err) = sweep_once(&ctx, &stop).await {
             tracing::warn!(error = %format!("{err:#}"), "payment sweep failed; trying again later");
+        }
+        if tokio::time::Instant::now() >= orphans_next {
+            match sweep_orphans(&ctx, &stop).await {
+                Ok(()) => orphans_next = tokio::time::Instant::now() + orphans_every,
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), "orphan sweep failed; trying again later");
+                }
+            }
         }
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -122,6 +140,56 @@ pub(crate) async fn sweep(ctx: Arc<Processor>, stop: CancellationToken) -> anyho
         }
     }
 }
+
+/// Records not final, not claimed, unchanged for `stuck_after_ms`, whose
+/// message (`owner_seq`) is no longer in `PAYMENTS`: the cluster lost it
+/// (normally a message leaves the work queue only after its payment is
+/// final). Finished from the record, as the MAX_DELIVERIES path finishes a
+/// message: completed if its key was charged, else voided and failed.
+async fn sweep_orphans(ctx: &Processor, stop: &CancellationToken) -> anyhow::Result<()> {
+    let stuck_after = ctx.settings.stuck_after_ms;
+    let mut finished = 0;
+    for id in ctx.store.ids().await?.into_iter().take(ORPHAN_LIMIT) {
+        if stop.is_cancelled() {
+            break;
+        }
+        let Some((record, _)) = ctx.store.get(&id).await? else {
+            continue;
+        };
+        let now = runtime::time::now_unix_ms();
+        let changed = runtime::time::parse_unix_ms(&record.updated_at).unwrap_or(now);
+        if record.status.is_final()
+            || now.saturating_sub(changed) < stuck_after
+            || !crate::endpoints::stuck(ctx, &record).await?
+        {
+            continue;
+        }
+        tracing::warn!(payment_id = %id, status = %record.status, seq = record.owner_seq, "sweep: payment whose message is gone from PAYMENTS; finishing it from its record");
+        let body = bytes::Bytes::from(serde_json::to_vec(&record.request())?);
+        let delivery = Delivery {
+            body: &body,
+            seq: record.owner_seq,
+            deliveries: 0,
+            replay: record.replays,
+            traceparent: record.traceparent.clone(),
+        };
+        let why = "its message is no longer in PAYMENTS (lost by the cluster; found by the sweep)";
+        match worker::settle(ctx, &delivery, Some(why)).await? {
+            Outcome::Ack | Outcome::Term => finished += 1,
+            Outcome::Nak(_) | Outcome::Leave => {}
+        }
+    }
+    if finished > 0 {
+        tracing::warn!(
+            finished,
+            "sweep: payments finished whose messages the cluster lost"
+        );
+    }
+    Ok(())
+}
+
+/// Records looked at per orphan sweep, at most.
+const ORPHAN_LIMIT: usize = 100_000;
 
 /// Messages looked at per sweep, at most.
 const SWEEP_LIMIT: usize = 10_000;

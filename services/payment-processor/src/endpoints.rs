@@ -124,7 +124,7 @@ pub(crate) async fn replay(
 
 /// Whether a claim on `record` may still be in use (its lease, plus the
 /// clock margin, has not run out).
-fn claim_live(ctx: &Processor, record: &PaymentRecord) -> bool {
+pub(crate) fn claim_live(ctx: &Processor, record: &PaymentRecord) -> bool {
     record.status == PaymentStatus::Processing
         && record
             .lease_until_ms
@@ -134,7 +134,7 @@ fn claim_live(ctx: &Processor, record: &PaymentRecord) -> bool {
 
 /// A payment that is neither final nor going anywhere: no live claim, and
 /// the message that owned it is no longer in `PAYMENTS`.
-async fn stuck(ctx: &Processor, record: &PaymentRecord) -> anyhow::Result<bool> {
+pub(crate) async fn stuck(ctx: &Processor, record: &PaymentRecord) -> anyhow::Result<bool> {
     if claim_live(ctx, record) || record.owner_seq == 0 {
         return Ok(false);
     }

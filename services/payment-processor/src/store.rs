@@ -44,6 +44,13 @@ impl Store {
         Self { kv, budget }
     }
 
+    /// Every payment id in the bucket (for the orphan sweep).
+    pub(crate) async fn ids(&self) -> anyhow::Result<Vec<String>> {
+        use futures::TryStreamExt as _;
+        let keys = runtime::js::retry("listing payments", self.budget, || self.kv.keys()).await?;
+        Ok(keys.try_collect().await?)
+    }
+
     /// The record and its revision.
     pub(crate) async fn get(&self, id: &str) -> anyhow::Result<Option<(PaymentRecord, u64)>> {
         let entry =

@@ -12,7 +12,7 @@
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
 use futures::future::join_all;
-use payment_processor::gateway::{Simulator, SimulatorSettings};
+use payment_processor::gateway::{Gateway as _, Simulator, SimulatorSettings};
 
 use protocol::payment::{
     DlqReason, PaymentEvent, PaymentRequest, PaymentStatus, ReplayReply, StatusReply, dlq_headers,
@@ -689,6 +689,93 @@ async fn gateway_failures_retry_then_dead_letter_then_replay() {
     .await;
     assert_eq!(gateway.effects(), 3);
     processor.stop().await;
+
+    // Orphans: records the cluster kept while it lost their messages (a
+    // power cut under a lazy sync interval). Neither final nor claimed, and
+    // no message in PAYMENTS: the sweep finishes them from the record, as
+    // completed when the key was charged, else voided and failed.
+    gateway.set_failure_rate(0.0);
+    let kv = js.get_key_value("payments").await.unwrap();
+    let long_ago = "2026-01-01T00:00:00Z";
+    for (id, status) in [("orphan-1", "processing"), ("orphan-2", "pending")] {
+        let record = json!({
+            "payment_id": id, "user_id": "u", "amount": "7.00", "currency": "USD",
+            "status": status, "attempts": 1, "updated_at": long_ago,
+            "owner_seq": 999_999, "lease_until_ms": 1, "replays": 0,
+        });
+        kv.put(id, serde_json::to_vec(&record).unwrap().into())
+            .await
+            .unwrap();
+    }
+    // orphan-2's charge went through before its message was lost.
+    let charged = gateway
+        .charge(&payment_processor::gateway::Charge {
+            idempotency_key: "orphan-2.r0".into(),
+            payment_id: "orphan-2".into(),
+            user_id: "u".into(),
+            amount: "7.00".parse().unwrap(),
+            currency: "USD".into(),
+        })
+        .await
+        .unwrap();
+    let mut overrides = test_overrides();
+    overrides.push(("payments.stuck_after_ms", Value::from(15_000)));
+    overrides.push(("payments.sweep_interval_ms", Value::from(500)));
+    let sweeper = testkit::spawn_service(
+        {
+            let gateway = gateway.clone();
+            move |settings, shutdown| {
+                payment_processor::run_with_gateway(settings, shutdown, gateway)
+            }
+        },
+        &cluster,
+        &overrides,
+    )
+    .await;
+    let failed = wait_status(
+        &client,
+        "orphan-1",
+        PaymentStatus::Failed,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        failed
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no longer in PAYMENTS"),
+        "{failed:?}"
+    );
+    wait_status(
+        &client,
+        "orphan-2",
+        PaymentStatus::Completed,
+        Duration::from_secs(20),
+    )
+    .await;
+    let record: protocol::payment::PaymentRecord =
+        serde_json::from_slice(&kv.get("orphan-2").await.unwrap().unwrap()).unwrap();
+    assert_eq!(
+        record.charge_id.as_deref(),
+        Some(charged.as_str()),
+        "{record:?}"
+    );
+    assert_eq!(
+        gateway.attempts("orphan-1.r0"),
+        0,
+        "an orphan is never charged anew"
+    );
+    eventually("one event per orphan", Duration::from_secs(10), || async {
+        let completed = count_by_id(&events(&js, "completed").await);
+        let failed = count_by_id(&events(&js, "failed").await);
+        match (completed.get("orphan-2"), failed.get("orphan-1")) {
+            (Some(1), Some(1)) => Ok(()),
+            other => Err(format!("events: {other:?}")),
+        }
+    })
+    .await;
+    sweeper.stop().await;
 }
 
 #[tokio::test]
