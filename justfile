@@ -117,7 +117,20 @@ stress COUNT="20": setup build
 chaos DURATION="10m" *ARGS: setup build
     target/debug/switchyard-chaos --duration {{DURATION}} {{ARGS}}
 
-# The power-loss nemesis (not in `just test`): nodes' stores on lazy filesystems, power cuts of one or all nodes under load, then the checker (`just chaos-power-loss 3m --sync-interval default`, `--strict`).
+# The power-loss comparison (issue 18): nodes' stores on lazy filesystems, power cuts of
+# one or all nodes under load, run twice: `sync_interval: always` (first whole-cluster cut
+# 5 s in), then the server's default (first cut after 150 s, once its 2-minute flush has
+# made the streams themselves durable). Each prints its table and a `power-loss summary`
+# line (cuts, acked, lost, stuck, charged twice); exits 1 only if what Switchyard owns broke.
+chaos-power DURATION="4m" *ARGS: setup build
+    #!/usr/bin/env bash
+    set -uo pipefail
+    status=0
+    target/debug/switchyard-chaos --power-loss --sync-interval always --duration {{DURATION}} {{ARGS}} || status=1
+    target/debug/switchyard-chaos --power-loss --sync-interval default --first-cut-after 150s --duration {{DURATION}} {{ARGS}} || status=1
+    exit $status
+
+# One power-loss run with any flags (`just chaos-power-loss 3m --sync-interval default --strict`).
 chaos-power-loss DURATION="2m" *ARGS: setup build
     target/debug/switchyard-chaos --power-loss --duration {{DURATION}} {{ARGS}}
 

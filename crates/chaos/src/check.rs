@@ -283,11 +283,16 @@ fn judge(
                     format!("{id}: {} charges", many.len()),
                 )),
             }
-            if events != 1 {
-                out.push((
-                    "completed events != 1",
-                    format!("{id}: {events} events.payment.completed"),
-                ));
+            match events {
+                1 => {}
+                0 => out.push((
+                    "completed event missing",
+                    format!("{id}: no events.payment.completed"),
+                )),
+                n => out.push((
+                    "completed events > 1",
+                    format!("{id}: {n} events.payment.completed"),
+                )),
             }
         }
         PaymentStatus::Failed => {
@@ -387,8 +392,8 @@ mod tests {
             kinds(&done, &["ch_9"], 1),
             ["completed with another charge than the ledger's"]
         );
-        assert_eq!(kinds(&done, &["ch_1"], 2), ["completed events != 1"]);
-        assert_eq!(kinds(&done, &["ch_1"], 0), ["completed events != 1"]);
+        assert_eq!(kinds(&done, &["ch_1"], 2), ["completed events > 1"]);
+        assert_eq!(kinds(&done, &["ch_1"], 0), ["completed event missing"]);
         let failed = record(Failed, None);
         assert!(kinds(&failed, &[], 0).is_empty());
         assert_eq!(kinds(&failed, &["ch_1"], 0), ["failed but charged"]);

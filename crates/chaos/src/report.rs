@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Every kind of violation the checker knows, so the table can say 0.
-pub(crate) const VIOLATION_KINDS: [&str; 13] = [
+pub(crate) const VIOLATION_KINDS: [&str; 14] = [
     "stuck",
     "payment lost (no record)",
     "lost after being charged",
@@ -13,12 +13,26 @@ pub(crate) const VIOLATION_KINDS: [&str; 13] = [
     "completed but never charged",
     "completed with another charge than the ledger's",
     "failed but charged",
-    "completed events != 1",
+    "completed event missing",
+    "completed events > 1",
     "failed with a completed event",
     "status went backwards",
     "accepted email never sent",
     "receipt never sent",
     "second copy without a notifier killed",
+];
+
+/// The kinds that are data the cluster acknowledged and then lost (under
+/// power cuts: the streams or buckets lost messages or revisions), as
+/// opposed to what Switchyard itself owns (one charge, nothing stuck,
+/// statuses that agree with the ledger and the events).
+pub(crate) const LOSS_KINDS: [&str; 6] = [
+    "payment lost (no record)",
+    "lost after being charged",
+    "completed event missing",
+    "status went backwards",
+    "accepted email never sent",
+    "receipt never sent",
 ];
 
 /// The outcome of one run.
@@ -57,6 +71,45 @@ impl Report {
     /// No violation of any kind.
     pub fn ok(&self) -> bool {
         self.violations.values().all(Vec::is_empty)
+    }
+
+    /// How many violations of `kind`.
+    pub fn count(&self, kind: &str) -> usize {
+        self.violations.get(kind).map_or(0, Vec::len)
+    }
+
+    /// Acknowledged payments left with no record at all.
+    pub fn lost(&self) -> usize {
+        self.count("payment lost (no record)")
+    }
+
+    /// Violations of what Switchyard itself owns, whatever the cluster
+    /// lost: every kind but [`LOSS_KINDS`] (stuck, charged twice, a status
+    /// that disagrees with the ledger or the events, a second mail copy).
+    pub fn switchyard_violations(&self) -> usize {
+        self.violations
+            .iter()
+            .filter(|(kind, _)| !LOSS_KINDS.contains(&kind.as_str()))
+            .map(|(_, found)| found.len())
+            .sum()
+    }
+
+    /// The power-loss summary: one row per run in docs/GUARANTEES.md.
+    pub fn power_summary(&self) -> String {
+        let cuts = |kind: &str| self.faults.get(kind).copied().unwrap_or(0);
+        format!(
+            "power-loss summary: {} | cuts all/one {}/{} | acked {} | lost {} (charged {}) | events lost {} | stuck {} | charged twice {} | Switchyard violations {}",
+            self.mode.as_deref().unwrap_or("normal"),
+            cuts("power off all nodes"),
+            cuts("power off one node"),
+            self.acked,
+            self.lost(),
+            self.count("lost after being charged"),
+            self.count("completed event missing"),
+            self.count("stuck"),
+            self.count("charged more than once"),
+            self.switchyard_violations(),
+        )
     }
 
     pub fn violation_count(&self) -> usize {
