@@ -122,6 +122,7 @@ chaos DURATION="10m" *ARGS: setup build
 # 5 s in), then the server's default (first cut after 150 s, once its 2-minute flush has
 # made the streams themselves durable). Each prints its table and a `power-loss summary`
 # line (cuts, acked, lost, stuck, charged twice); exits 1 only if what Switchyard owns broke.
+# Power loss, compared: `sync_interval: always` vs the server default (`just chaos-power 4m`).
 chaos-power DURATION="4m" *ARGS: setup build
     #!/usr/bin/env bash
     set -uo pipefail
