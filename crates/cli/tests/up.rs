@@ -468,10 +468,10 @@ fn up_reports_ready_serves_math_and_stops_cleanly() {
         String::from_utf8_lossy(&out.stderr).contains(&format!("trace {trace_id}")),
         "the command's trace is the payment's: {out:?}"
     );
-    // One trace, exported by four processes over OTLP, holds the client's
+    // One trace, exported over OTLP by five processes, holds the client's
     // publish → the processor's processing → the event publish → the
     // notifier's receipt send → the log-worker's write, each below the one
-    // before.
+    // before, and the registry showing the event on its dashboard.
     one_trace_across_the_services(&otlp, &trace_id);
 
     let children = pids(&state);
@@ -549,7 +549,11 @@ fn one_trace_across_the_services(otlp: &testkit::otlp::Receiver, trace_id: &str)
                 None => break,
             }
         }
-        if found.len() == chain.len() {
+        // The registry's dashboard shows the payment event: a fifth service.
+        let shown = found
+            .get(2)
+            .and_then(|event| find("registry", "show events.payment.completed", Some(event)));
+        if found.len() == chain.len() && shown.is_some() {
             let root = ancestors(&trace, &found[0]).last().map(|s| s.name.clone());
             assert_eq!(
                 root.as_deref(),
@@ -568,7 +572,7 @@ fn one_trace_across_the_services(otlp: &testkit::otlp::Receiver, trace_id: &str)
         }
         assert!(
             Instant::now() < deadline,
-            "trace {trace_id} never held {:?} (found {:?}); it has:\n{}",
+            "trace {trace_id} never held {:?} and the registry's `show events.payment.completed` (found {:?}); it has:\n{}",
             chain,
             found
                 .iter()

@@ -397,6 +397,17 @@ pub(crate) async fn feed(state: Arc<Registry>, stop: CancellationToken) -> anyho
         ) else {
             continue;
         };
+        // A payment event shown on the page is a step of the payment's
+        // trace (ticks and log lines are not: they would only repeat the
+        // publisher's and the log-worker's spans).
+        let _shown = matches!(fed, Fed::Payment(_)).then(|| {
+            runtime::traced!(
+                "dashboard.payment",
+                &runtime::trace::Carrier::from_headers(message.headers.as_ref()),
+                "consumer",
+                otel.name = %format!("show {}", message.subject),
+            )
+        });
         if let Ok(mut recent) = dashboard.recent.lock() {
             recent.keep(&fed);
         }
