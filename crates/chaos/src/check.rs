@@ -176,7 +176,23 @@ pub(crate) async fn check(
         eprintln!("chaos: stream {} is gone", protocol::names::streams::EVENTS);
         HashMap::new()
     } else {
-        count_events(&js, subjects::EVENT_PAYMENT_COMPLETED).await
+        // A completed payment whose event publish failed (a node down)
+        // keeps its message, which is redelivered (after a nak delay, or
+        // the ack wait when its processor died) and publishes the event
+        // then: wait for those within the settle time, at least a minute.
+        let completed: Vec<&String> = records
+            .iter()
+            .filter(|(_, r)| r.status == PaymentStatus::Completed)
+            .map(|(id, _)| id)
+            .collect();
+        let until = deadline.max(Instant::now() + Duration::from_secs(60));
+        loop {
+            let events = count_events(&js, subjects::EVENT_PAYMENT_COMPLETED).await;
+            if completed.iter().all(|id| events.contains_key(*id)) || Instant::now() >= until {
+                break events;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     };
     let mut receipts_due = Vec::new();
     for (id, req) in &outcome.payments {
